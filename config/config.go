@@ -1,0 +1,192 @@
+// Package config holds flowgate's YAML schema, its defaults and its validation.
+//
+// Every field states its default in its comment; Default() returns exactly
+// those values, so a missing key and a key set to its default behave alike.
+package config
+
+import "time"
+
+// Config is the whole gateway configuration.
+type Config struct {
+	Server    Server     `yaml:"server"`
+	Upstreams []Upstream `yaml:"upstreams"`
+	Proxy     Proxy      `yaml:"proxy"`
+	Health    Health     `yaml:"health"`
+	Log       Log        `yaml:"log"`
+	Admin     Admin      `yaml:"admin"`
+	Redis     Redis      `yaml:"redis"`
+}
+
+// Server configures the listeners and the client-facing http.Server.
+type Server struct {
+	// Listen is the address of the proxy listener. Default ":8080".
+	Listen string `yaml:"listen"`
+	// MetricsListen serves /metrics, /healthz and /readyz. Default ":9090".
+	// Empty string disables it.
+	MetricsListen string `yaml:"metrics_listen"`
+	// AdminListen serves the admin API. Default "127.0.0.1:9091".
+	AdminListen string `yaml:"admin_listen"`
+	// ReadHeaderTimeout bounds reading a request's headers. Default 10s.
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	// BodyReadTimeout bounds reading a request's body. Default 60s.
+	BodyReadTimeout Duration `yaml:"body_read_timeout"`
+	// IdleTimeout closes client keep-alive connections idle this long. Default 120s.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxHeaderBytes caps request header size. Default 1MiB.
+	MaxHeaderBytes ByteSize `yaml:"max_header_bytes"`
+	// ShutdownTimeout is how long SIGTERM waits for in-flight requests and
+	// streams before closing them. Default 30s.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+}
+
+// Upstream is one flow-server replica.
+type Upstream struct {
+	// URL is the base URL, e.g. http://flowise:3000. Required.
+	URL string `yaml:"url"`
+	// Name labels the upstream in logs and metrics. Default: the URL's host.
+	Name string `yaml:"name"`
+}
+
+// Proxy configures forwarding.
+type Proxy struct {
+	// MaxBodyBytes is the largest request body accepted; larger gets 413.
+	// Default 100MiB (nginx's client_max_body_size in the seed config).
+	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`
+	// DialTimeout bounds connecting to an upstream. Default 5s.
+	DialTimeout Duration `yaml:"dial_timeout"`
+	// ResponseHeaderTimeout answers 504 when an upstream sends no response
+	// headers in time. Default 300s: a non-streaming flow answers only
+	// once the whole run is done.
+	ResponseHeaderTimeout Duration `yaml:"response_header_timeout"`
+	// StreamResponseHeaderTimeout replaces ResponseHeaderTimeout for
+	// requests that ask to stream ("streaming": true). Flowise sends
+	// headers at once for those, and hangs without answering when the run
+	// fails early. Default 30s.
+	StreamResponseHeaderTimeout Duration `yaml:"stream_response_header_timeout"`
+	// IdleTimeout ends a response whose upstream sends no byte for this
+	// long; a stream ended this way gets an error frame. Default 300s.
+	// Flowise 3.1.2+ sends a heartbeat every 30s.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxIdleConnsPerUpstream is the keep-alive pool size per upstream. Default 256.
+	MaxIdleConnsPerUpstream int `yaml:"max_idle_conns_per_upstream"`
+	// Retries is how many other upstreams a request tries when it could not
+	// be sent (connection refused, dial timeout). Default 2.
+	Retries int `yaml:"retries"`
+	// PreserveHost sends the client's Host header upstream, like nginx's
+	// "proxy_set_header Host $host". Default true.
+	PreserveHost *bool `yaml:"preserve_host"`
+	// TrustedProxies lists CIDRs whose X-Forwarded-* and x-request-from
+	// headers are believed. Default: none.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	// Gzip compresses text and JSON responses. Default on.
+	Gzip Gzip `yaml:"gzip"`
+	// SecurityHeaders are added to every response that lacks them. A key set
+	// to "" removes a default. Defaults: X-Frame-Options SAMEORIGIN,
+	// X-Content-Type-Options nosniff, Referrer-Policy
+	// strict-origin-when-cross-origin, Content-Security-Policy
+	// "frame-ancestors 'self'".
+	SecurityHeaders map[string]string `yaml:"security_headers"`
+	// StaticCacheControl is set on responses for static assets.
+	// Default "public, immutable, max-age=31536000". "" disables it.
+	StaticCacheControl *string `yaml:"static_cache_control"`
+	// StaticExtensions are the path extensions that count as static assets.
+	// Default [js, css, png, jpg, jpeg, gif, ico, svg].
+	StaticExtensions []string `yaml:"static_extensions"`
+}
+
+// Gzip configures response compression.
+type Gzip struct {
+	// Enabled turns compression on. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// MinSize is the smallest response compressed. Default 1024.
+	MinSize ByteSize `yaml:"min_size"`
+	// ContentTypes are the compressed media types (prefix match on the
+	// media type). text/event-stream is never compressed.
+	// Default [text/, application/json, application/javascript,
+	// application/xml, image/svg+xml].
+	ContentTypes []string `yaml:"content_types"`
+}
+
+// Health configures active and passive health checks.
+type Health struct {
+	Active  ActiveHealth  `yaml:"active"`
+	Passive PassiveHealth `yaml:"passive"`
+}
+
+// ActiveHealth probes each upstream on a timer.
+type ActiveHealth struct {
+	// Enabled turns probing on. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// Path is requested with GET. Default "/api/v1/ping" (Flowise).
+	Path string `yaml:"path"`
+	// Interval between probes. Default 5s.
+	Interval Duration `yaml:"interval"`
+	// Timeout of one probe. Default 2s.
+	Timeout Duration `yaml:"timeout"`
+	// HealthyThreshold consecutive passes mark a down upstream up. Default 2.
+	HealthyThreshold int `yaml:"healthy_threshold"`
+	// UnhealthyThreshold consecutive failures mark an up upstream down. Default 3.
+	UnhealthyThreshold int `yaml:"unhealthy_threshold"`
+}
+
+// PassiveHealth takes an upstream out after failures seen on real traffic.
+type PassiveHealth struct {
+	// Enabled turns passive checks on. Default true.
+	Enabled *bool `yaml:"enabled"`
+	// MaxFails within FailWindow take the upstream out. Default 3.
+	MaxFails int `yaml:"max_fails"`
+	// FailWindow is the window failures are counted in. Default 10s.
+	FailWindow Duration `yaml:"fail_window"`
+	// Cooldown is how long the upstream stays out. Default 10s.
+	Cooldown Duration `yaml:"cooldown"`
+	// UnhealthyStatuses are response codes that count as failures.
+	// Default none (a 500 from Flowise is usually the flow, not the server).
+	UnhealthyStatuses []int `yaml:"unhealthy_statuses"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `yaml:"level"`
+	// AccessLog writes one JSON line per request. Default true.
+	AccessLog *bool `yaml:"access_log"`
+}
+
+// Admin configures the admin API.
+type Admin struct {
+	// Token authenticates admin calls. Prefer FLOWGATE_ADMIN_TOKEN or
+	// TokenFile over writing it here. Default none: the admin API refuses
+	// every call until a token is set.
+	Token string `yaml:"token"`
+	// TokenFile is read for the token (trailing newline trimmed).
+	TokenFile string `yaml:"token_file"`
+}
+
+// Redis configures the shared store used when several replicas run.
+type Redis struct {
+	// Addr is host:port. Default none: memory stores only.
+	Addr string `yaml:"addr"`
+	// Password; prefer FLOWGATE_REDIS_PASSWORD or PasswordFile.
+	Password string `yaml:"password"`
+	// PasswordFile is read for the password (trailing newline trimmed).
+	PasswordFile string `yaml:"password_file"`
+	// DB number. Default 0.
+	DB int `yaml:"db"`
+}
+
+// Bool reads an optional boolean with its default.
+func Bool(p *bool, def bool) bool {
+	if p == nil {
+		return def
+	}
+	return *p
+}
+
+// Duration is a time.Duration written as "30s", "5m" in YAML.
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// ByteSize is a size written as 1048576, "100MiB", "64KiB" or "1MB" in YAML.
+type ByteSize int64
