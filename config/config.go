@@ -15,6 +15,10 @@ type Config struct {
 	Log       Log        `yaml:"log"`
 	Admin     Admin      `yaml:"admin"`
 	Redis     Redis      `yaml:"redis"`
+
+	// src maps key paths to file lines so Validate can name them; nil for
+	// a config built in code. Not part of the YAML schema.
+	src *source
 }
 
 // Server configures the listeners and the client-facing http.Server.

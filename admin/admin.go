@@ -1,0 +1,65 @@
+// Package admin serves flowgate's admin API. Every call needs the admin
+// token as "Authorization: Bearer TOKEN"; with no token configured the API
+// refuses everything rather than answering openly.
+package admin
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/flowgate/flowgate/proxy"
+)
+
+// Handler returns the admin API for gateway g, guarded by token.
+func Handler(token string, g *proxy.Gateway) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/v1/upstreams", func(w http.ResponseWriter, r *http.Request) {
+		type upstream struct {
+			Name     string `json:"name"`
+			URL      string `json:"url"`
+			Healthy  bool   `json:"healthy"`
+			InFlight int64  `json:"inFlight"`
+		}
+		now := time.Now()
+		out := []upstream{}
+		for _, u := range g.Upstreams() {
+			out = append(out, upstream{u.Name, u.URL.String(), u.Healthy(now), u.InFlight()})
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, "not_found", "no such admin endpoint")
+	})
+	return auth(token, mux)
+}
+
+func auth(token string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token == "" {
+			writeErr(w, http.StatusUnauthorized, "admin_token_unset",
+				"the admin API is disabled until a token is set (FLOWGATE_ADMIN_TOKEN or admin.token_file)")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="flowgate-admin"`)
+			writeErr(w, http.StatusUnauthorized, "unauthorized", "missing or wrong admin token")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]any{"statusCode": status, "success": false, "code": code, "message": msg})
+}

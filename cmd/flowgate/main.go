@@ -1,0 +1,357 @@
+// Command flowgate is the gateway binary: flags, config loading, wiring and
+// signals. The logic lives in the packages it wires.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/flowgate/flowgate/admin"
+	"github.com/flowgate/flowgate/config"
+	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/flowgate/flowgate/metrics"
+	"github.com/flowgate/flowgate/proxy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "validate":
+			return cmdValidate(args[1:], stdout, stderr)
+		case "healthcheck":
+			return cmdHealthcheck(args[1:], stderr)
+		case "version":
+			fmt.Fprintln(stdout, versionString())
+			return 0
+		case "help", "-h", "-help", "--help":
+			usage(stdout)
+			return 0
+		}
+	}
+	return cmdServe(args, stdout, stderr)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `flowgate: a gateway for LLM flow servers (Flowise, Langflow)
+
+Usage:
+  flowgate [flags]                 run the gateway
+  flowgate validate -config FILE   check a config file and exit
+  flowgate healthcheck [-url URL]  exit 0 if the local gateway's /healthz answers 200
+  flowgate version                 print the version
+
+Flags:
+  -config FILE          YAML config (keys documented in docs/config.md)
+  -listen ADDR          proxy listener (server.listen, default :8080)
+  -upstream URL         flow server; repeat for several (replaces upstreams,
+                        default http://127.0.0.1:3000)
+  -metrics-listen ADDR  /metrics, /healthz, /readyz (default :9090)
+  -admin-listen ADDR    admin API (default 127.0.0.1:9091)
+  -demo                 start an embedded Flowise stand-in (fakeflow) and
+                        proxy to it, to see flowgate work without Flowise
+`)
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+type serveFlags struct {
+	config, listen, metricsListen, adminListen string
+	upstreams                                  multiFlag
+	demo                                       bool
+}
+
+func cmdServe(args []string, stdout, stderr io.Writer) int {
+	var f serveFlags
+	fs := flag.NewFlagSet("flowgate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { usage(stderr) }
+	fs.StringVar(&f.config, "config", "", "")
+	fs.StringVar(&f.listen, "listen", "", "")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "")
+	fs.StringVar(&f.adminListen, "admin-listen", "", "")
+	fs.Var(&f.upstreams, "upstream", "")
+	fs.BoolVar(&f.demo, "demo", false, "")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "flowgate: unexpected argument %q (see flowgate help)\n", fs.Arg(0))
+		return 2
+	}
+
+	var demo *fakeflow.Instance
+	if f.demo {
+		var err error
+		// A visible token delay, so a streamed answer is seen arriving.
+		demo, err = fakeflow.Start("127.0.0.1:0", fakeflow.Options{TokenDelay: 150 * time.Millisecond, Latency: 200 * time.Millisecond})
+		if err != nil {
+			fmt.Fprintf(stderr, "flowgate: demo upstream: %v\n", err)
+			return 1
+		}
+		defer demo.Close()
+		f.upstreams = multiFlag{demo.URL()}
+	}
+
+	cfg, err := loadConfig(f)
+	if err != nil {
+		fmt.Fprintf(stderr, "flowgate: %v\n", err)
+		return 2
+	}
+	log, err := newLogger(cfg.Log.Level, stdout)
+	if err != nil {
+		fmt.Fprintf(stderr, "flowgate: %v\n", err)
+		return 2
+	}
+	defer log.Sync()
+	if err := serve(cfg, log, demo); err != nil {
+		log.Error("flowgate stopped", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+// loadConfig reads the file (or embedded defaults) and lets flags override.
+func loadConfig(f serveFlags) (config.Config, error) {
+	cfg := config.Default()
+	if f.config != "" {
+		var err error
+		if cfg, err = config.Load(f.config); err != nil {
+			return cfg, err
+		}
+	} else {
+		// Secrets still come from the environment without a file.
+		var err error
+		if cfg, err = config.Parse(nil, "defaults"); err != nil {
+			return cfg, err
+		}
+	}
+	if f.listen != "" {
+		cfg.Server.Listen = f.listen
+	}
+	if f.metricsListen != "" {
+		cfg.Server.MetricsListen = f.metricsListen
+	}
+	if f.adminListen != "" {
+		cfg.Server.AdminListen = f.adminListen
+	}
+	if len(f.upstreams) > 0 {
+		cfg.Upstreams = nil
+		for _, u := range f.upstreams {
+			cfg.Upstreams = append(cfg.Upstreams, config.Upstream{URL: u})
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+func newLogger(level string, out io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = "time"
+	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	// Buffered: one write syscall per line would cost more than the rest of
+	// the log line; Sync at exit flushes the tail.
+	ws := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(out), Size: 256 << 10, FlushInterval: time.Second}
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), ws, lvl)
+	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(os.Stderr))), nil
+}
+
+func serve(cfg config.Config, log *zap.Logger, demo *fakeflow.Instance) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m})
+	if err != nil {
+		return err
+	}
+	g.Start()
+	defer g.Close()
+
+	errLog := zap.NewStdLog(log.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
+	main := &http.Server{
+		Addr:              cfg.Server.Listen,
+		Handler:           g,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
+		IdleTimeout:       cfg.Server.IdleTimeout.D(),
+		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
+		ErrorLog:          errLog,
+		// No ReadTimeout or WriteTimeout: either would cut long streams.
+		// Bodies get their own read deadline; responses an idle timeout.
+	}
+	servers := []*http.Server{main}
+	if cfg.Server.MetricsListen != "" {
+		servers = append(servers, &http.Server{Addr: cfg.Server.MetricsListen, Handler: opsHandler(reg, g),
+			ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog})
+	}
+	if cfg.Server.AdminListen != "" {
+		servers = append(servers, &http.Server{Addr: cfg.Server.AdminListen, Handler: admin.Handler(cfg.Admin.Token, g),
+			ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog})
+	}
+
+	// Bind every listener before serving any, so a taken port fails the
+	// start instead of leaving a half-up gateway.
+	lns := make([]net.Listener, len(servers))
+	for i, s := range servers {
+		ln, err := net.Listen("tcp", s.Addr)
+		if err != nil {
+			for _, l := range lns[:i] {
+				l.Close()
+			}
+			return fmt.Errorf("listen %s: %w", s.Addr, err)
+		}
+		lns[i] = ln
+	}
+	errc := make(chan error, len(servers))
+	for i, s := range servers {
+		go func() { errc <- s.Serve(lns[i]) }()
+	}
+	ups := make([]string, 0, len(cfg.Upstreams))
+	for _, u := range cfg.Upstreams {
+		ups = append(ups, u.URL)
+	}
+	log.Info("flowgate started", zap.String("version", version), zap.String("listen", lns[0].Addr().String()),
+		zap.String("metrics_listen", cfg.Server.MetricsListen), zap.String("admin_listen", cfg.Server.AdminListen),
+		zap.Strings("upstreams", ups))
+	_ = log.Sync() // the start line is what supervisors and tests wait for
+	if demo != nil {
+		printDemo(lns[0].Addr().String())
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	select {
+	case err := <-errc:
+		return err
+	case s := <-sig:
+		log.Info("shutting down: draining in-flight requests", zap.String("signal", s.String()),
+			zap.Duration("deadline", cfg.Server.ShutdownTimeout.D()))
+	}
+	g.Drain()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.D())
+	defer cancel()
+	// The proxy listener drains first; ops and admin stay up meanwhile so
+	// /readyz reports the drain and metrics can be scraped to the end.
+	if err := main.Shutdown(ctx); err != nil {
+		log.Warn("drain deadline passed: closing the remaining connections", zap.Error(err))
+		main.Close()
+	}
+	for _, s := range servers[1:] {
+		s.Close()
+	}
+	log.Info("flowgate stopped")
+	return nil
+}
+
+func opsHandler(reg *prometheus.Registry, g *proxy.Gateway) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"status":"ok"}`+"\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if !g.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"status":"unavailable","message":"draining or no healthy upstream"}`+"\n")
+			return
+		}
+		io.WriteString(w, `{"status":"ready"}`+"\n")
+	})
+	return mux
+}
+
+func printDemo(addr string) {
+	_, port, _ := net.SplitHostPort(addr)
+	base := "http://127.0.0.1:" + port
+	fmt.Fprintf(os.Stderr, `
+flowgate demo: proxying to an embedded Flowise stand-in (fakeflow).
+  JSON:    curl -s %[1]s/api/v1/prediction/6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11 -H 'Content-Type: application/json' -d '{"question":"hi"}'
+  Stream:  curl -sN %[1]s/api/v1/prediction/6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11 -H 'Content-Type: application/json' -d '{"question":"hi","streaming":true}'
+  Metrics: curl -s http://127.0.0.1:9090/metrics | grep ^flowgate_
+Ctrl-C stops it.
+
+`, base)
+}
+
+func cmdValidate(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "config file to check")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "flowgate validate: -config FILE is required")
+		return 2
+	}
+	if _, err := config.Load(*path); err != nil {
+		fmt.Fprintf(stderr, "%v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", *path)
+	return 0
+}
+
+func cmdHealthcheck(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:9090/healthz", "health endpoint to ask")
+	timeout := fs.Duration("timeout", 3*time.Second, "give up after")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	c := &http.Client{Timeout: *timeout}
+	resp, err := c.Get(*url)
+	if err != nil {
+		fmt.Fprintf(stderr, "flowgate healthcheck: %v\n", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "flowgate healthcheck: %s answered %d\n", *url, resp.StatusCode)
+		return 1
+	}
+	return 0
+}
+
+func versionString() string {
+	rev := ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				rev = " " + s.Value[:12]
+			}
+		}
+	}
+	return fmt.Sprintf("flowgate %s%s %s/%s %s", version, rev, runtime.GOOS, runtime.GOARCH, runtime.Version())
+}

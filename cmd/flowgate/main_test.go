@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowgate/flowgate/fakeflow"
+)
+
+const flowID = "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
+
+// buildBinary compiles flowgate once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "flowgate")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("go build: %v", err)
+	}
+	return bin
+}
+
+type started struct {
+	cmd     *exec.Cmd
+	listen  string
+	metrics string
+	exited  chan error
+}
+
+// startBinary runs flowgate and waits for its start line.
+func startBinary(t *testing.T, bin string, args ...string) *started {
+	t.Helper()
+	metricsLn, _ := net.Listen("tcp", "127.0.0.1:0")
+	metrics := metricsLn.Addr().String()
+	metricsLn.Close()
+	args = append([]string{"-listen", "127.0.0.1:0", "-metrics-listen", metrics, "-admin-listen", "127.0.0.1:0"}, args...)
+	cmd := exec.Command(bin, args...)
+	out, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &started{cmd: cmd, metrics: metrics, exited: make(chan error, 1)}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		var line map[string]any
+		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "flowgate started" {
+			s.listen = line["listen"].(string)
+			break
+		}
+	}
+	if s.listen == "" {
+		t.Fatal("flowgate did not start")
+	}
+	go func() {
+		io.Copy(io.Discard, out)
+		s.exited <- cmd.Wait()
+	}()
+	return s
+}
+
+// SIGTERM during a 3-second stream: the stream completes and the process
+// exits 0; meanwhile /readyz reports the drain and new connections are refused.
+func TestSIGTERMDrainsStreams(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	ff, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{Tokens: 30, TokenDelay: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ff.Close()
+	s := startBinary(t, buildBinary(t), "-upstream", ff.URL())
+
+	resp, err := http.Post("http://"+s.listen+"/api/v1/prediction/"+flowID, "application/json",
+		strings.NewReader(`{"question":"hi","streaming":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// Readiness flips while the stream is still running.
+	for {
+		r, err := http.Get("http://" + s.metrics + "/readyz")
+		if err == nil {
+			r.Body.Close()
+			if r.StatusCode == http.StatusServiceUnavailable {
+				break
+			}
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatal("/readyz did not report the drain")
+		}
+	}
+	rest, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatalf("stream cut by shutdown after %v: %v", time.Since(start), err)
+	}
+	if !bytes.Contains(rest, []byte(`"data":"[DONE]"`)) {
+		t.Fatalf("stream ended without its end event: %q", rest[max(0, len(rest)-200):])
+	}
+	if _, err := net.DialTimeout("tcp", s.listen, time.Second); err == nil {
+		t.Fatal("listener still accepting while draining")
+	}
+	select {
+	case err := <-s.exited:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("process did not exit after the stream ended")
+	}
+}
+
+func TestHealthcheckSubcommand(t *testing.T) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			w.WriteHeader(500)
+		}
+	})}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(ln)
+	defer srv.Close()
+	var stderr bytes.Buffer
+	if code := run([]string{"healthcheck", "-url", "http://" + ln.Addr().String() + "/healthz"}, io.Discard, &stderr); code != 0 {
+		t.Fatalf("healthy: exit %d %s", code, stderr.String())
+	}
+	if code := run([]string{"healthcheck", "-url", "http://" + ln.Addr().String() + "/other"}, io.Discard, &stderr); code != 1 {
+		t.Fatalf("500: exit %d", code)
+	}
+	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln2.Close()
+	if code := run([]string{"healthcheck", "-url", "http://" + ln2.Addr().String() + "/healthz", "-timeout", "1s"}, io.Discard, &stderr); code != 1 {
+		t.Fatalf("nothing listening: exit %d", code)
+	}
+}
+
+func TestValidateSubcommand(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, []byte("upstreams:\n  - url: http://flowise:3000\n"), 0o600)
+	os.WriteFile(bad, []byte("upstreams:\n  - url: http://flowise:3000\nproxy:\n  max_body_bytez: 10\n"), 0o600)
+	var out, errb bytes.Buffer
+	if code := run([]string{"validate", "-config", good}, &out, &errb); code != 0 {
+		t.Fatalf("good config: exit %d: %s", code, errb.String())
+	}
+	errb.Reset()
+	code := run([]string{"validate", "-config", bad}, &out, &errb)
+	msg := errb.String()
+	if code != 1 || !strings.Contains(msg, "max_body_bytez") || !strings.Contains(msg, ":4") {
+		t.Fatalf("bad config: exit %d, message %q (want the key and line 4)", code, msg)
+	}
+	if code := run([]string{"validate"}, &out, &errb); code != 2 {
+		t.Fatalf("no -config: exit %d", code)
+	}
+}
+
+func TestVersionSubcommand(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"version"}, &out, io.Discard); code != 0 || !strings.HasPrefix(out.String(), "flowgate ") {
+		t.Fatalf("exit %d %q", code, out.String())
+	}
+}

@@ -1,0 +1,57 @@
+package flow
+
+import "testing"
+
+func TestIdentify(t *testing.T) {
+	const id = "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
+	tests := []struct {
+		path  string
+		route string
+		kind  Kind
+		id    string
+		runs  bool
+	}{
+		{"/api/v1/prediction/" + id, RoutePrediction, Flowise, id, true},
+		{"/api/v1/prediction/" + id + "/", RoutePrediction, Flowise, id, true},
+		{"/api/v1/internal-prediction/" + id, RouteInternalPrediction, Flowise, id, true},
+		{"/api/v1/vector/upsert/" + id, RouteVectorUpsert, Flowise, id, true},
+		{"/api/v1/webhook/" + id, RouteWebhook, Flowise, id, true},
+		{"/api/v1/mcp/" + id, RouteMCP, Flowise, id, true},
+		{"/api/v1/document-store/upsert/" + id, RouteDocStoreUpsert, Flowise, id, false},
+		{"/api/v1/run/my-flow", RouteLangflowRun, Langflow, "my-flow", true},
+		// Not flow routes: proxied unchanged.
+		{"/api/v1/ping", RouteOther, Unknown, "", false},
+		{"/api/v1/prediction/", RouteOther, Unknown, "", false},
+		{"/api/v1/prediction", RouteOther, Unknown, "", false},
+		{"/api/v1/prediction/" + id + "/extra", RouteOther, Unknown, "", false},
+		{"/API/V1/prediction/" + id, RouteOther, Unknown, "", false},
+		{"/api/v1/vector/" + id, RouteOther, Unknown, "", false},
+		{"/api/v1/document-store/store/" + id, RouteOther, Unknown, "", false},
+		{"/", RouteOther, Unknown, "", false},
+		{"/assets/index.js", RouteOther, Unknown, "", false},
+		{"", RouteOther, Unknown, "", false},
+	}
+	for _, tt := range tests {
+		got := Identify(tt.path)
+		if got.Route != tt.route || got.Kind != tt.kind || got.WorkflowID != tt.id || got.Runs != tt.runs {
+			t.Errorf("Identify(%q) = %+v, want route=%s kind=%v id=%q runs=%v", tt.path, got, tt.route, tt.kind, tt.id, tt.runs)
+		}
+		if got.IsFlow() != (tt.kind != Unknown) {
+			t.Errorf("Identify(%q).IsFlow() = %v", tt.path, got.IsFlow())
+		}
+	}
+}
+
+func TestIdentifyAllocs(t *testing.T) {
+	p := "/api/v1/prediction/6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
+	if n := testing.AllocsPerRun(100, func() { _ = Identify(p) }); n != 0 {
+		t.Fatalf("Identify allocates %v times per call, want 0", n)
+	}
+}
+
+func BenchmarkIdentify(b *testing.B) {
+	p := "/api/v1/prediction/6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
+	for b.Loop() {
+		_ = Identify(p)
+	}
+}

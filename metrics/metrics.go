@@ -1,0 +1,117 @@
+// Package metrics owns flowgate's Prometheus collectors. The registry is
+// passed in, never global, so tests and embedders get isolated metrics.
+package metrics
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+const namespace = "flowgate"
+
+// Metrics holds the gateway's collectors.
+type Metrics struct {
+	requests         *prometheus.CounterVec
+	duration         *prometheus.HistogramVec
+	upstreamFailures *prometheus.CounterVec
+	retries          prometheus.Counter
+	streamsCut       *prometheus.CounterVec
+	reg              prometheus.Registerer
+}
+
+// New creates the collectors and registers them on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		reg: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "requests_total",
+			Help:      "Requests answered, by flow route template, method and status code.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace,
+			Name:      "request_duration_seconds",
+			Help:      "Time from request start to the last byte of the answer, by route template.",
+			// LLM flows run for seconds to minutes; proxied UI assets take
+			// microseconds. The buckets span both.
+			Buckets: []float64{.0005, .001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300},
+		}, []string{"route"}),
+		upstreamFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "upstream_failures_total",
+			Help:      "Failed attempts to an upstream, by upstream and reason.",
+		}, []string{"upstream", "reason"}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "upstream_retries_total",
+			Help:      "Requests re-sent to another upstream after a connection failure.",
+		}),
+		streamsCut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "responses_cut_total",
+			Help:      "Responses that ended before the upstream finished them, by reason.",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut)
+	return m
+}
+
+// UpstreamGauges registers per-upstream gauges read at scrape time, so the
+// hot path pays nothing for them.
+func (m *Metrics) UpstreamGauges(name string, inflight func() float64, healthy func() float64) {
+	labels := prometheus.Labels{"upstream": name}
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "upstream_in_flight",
+			Help:        "Requests currently forwarded to the upstream, streams included.",
+			ConstLabels: labels,
+		}, inflight),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "upstream_healthy",
+			Help:        "1 when the upstream may receive traffic, else 0.",
+			ConstLabels: labels,
+		}, healthy),
+	)
+}
+
+// ObserveRequest records one answered request.
+func (m *Metrics) ObserveRequest(route, method string, code int, d time.Duration) {
+	m.requests.WithLabelValues(route, normMethod(method), codeString(code)).Inc()
+	m.duration.WithLabelValues(route).Observe(d.Seconds())
+}
+
+// UpstreamFailure counts a failed attempt.
+func (m *Metrics) UpstreamFailure(upstream, reason string) {
+	m.upstreamFailures.WithLabelValues(upstream, reason).Inc()
+}
+
+// Retry counts a request re-sent to another upstream.
+func (m *Metrics) Retry() { m.retries.Inc() }
+
+// ResponseCut counts a response ended early.
+func (m *Metrics) ResponseCut(reason string) { m.streamsCut.WithLabelValues(reason).Inc() }
+
+// normMethod keeps the method label's values a closed set whatever clients send.
+func normMethod(m string) string {
+	switch m {
+	case "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS":
+		return m
+	}
+	return "OTHER"
+}
+
+var codes = func() (s [600]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return
+}()
+
+func codeString(c int) string {
+	if c >= 0 && c < len(codes) {
+		return codes[c]
+	}
+	return strconv.Itoa(c)
+}

@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// Causes given to an attempt's context when the gateway itself ends it; the
+// error classification reads them back with context.Cause.
+var (
+	errFirstByteTimeout = errors.New("upstream sent no response headers in time")
+	errIdleTimeout      = errors.New("upstream sent nothing for the idle timeout")
+	errStreamIncomplete = errors.New("upstream ended the stream without its end event")
+)
+
+// failure is what the gateway concluded from an attempt's error: whether to
+// retry it elsewhere, whether it counts against the upstream's health, and
+// what the client is told if it is final.
+type failure struct {
+	status   int
+	code     string // machine-readable, in the JSON error body and metrics
+	message  string
+	retry    bool // nothing reached the upstream: safe to send elsewhere
+	penalize bool // counts as a passive health failure
+}
+
+// classify maps a transport error to a failure. clientCtx is the inbound
+// request's context: when the client left, nobody is at fault upstream.
+func classify(err error, clientCtx, attemptCtx context.Context) failure {
+	if clientCtx.Err() != nil {
+		return failure{status: StatusClientClosed, code: "client_closed", message: "client closed the request"}
+	}
+	switch context.Cause(attemptCtx) {
+	case errFirstByteTimeout:
+		// Not a health failure: Flowise hangs this way when one flow fails
+		// early, while the server itself is fine.
+		return failure{status: http.StatusGatewayTimeout, code: "upstream_timeout", message: "upstream sent no response headers in time"}
+	case errIdleTimeout:
+		return failure{status: http.StatusGatewayTimeout, code: "upstream_idle", message: "upstream stopped sending"}
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return failure{status: http.StatusBadGateway, code: "upstream_unreachable", message: "could not connect to an upstream", retry: true, penalize: true}
+	}
+	// The upstream closed a pooled keep-alive connection before our request
+	// was sent on it (net/http's errServerClosedIdle, unexported). The
+	// request never reached it, so another upstream may take it; the close
+	// itself is routine, not a fault.
+	if strings.Contains(err.Error(), "server closed idle connection") {
+		return failure{status: http.StatusBadGateway, code: "upstream_closed", message: "upstream closed the connection", retry: true}
+	}
+	return failure{status: http.StatusBadGateway, code: "upstream_error", message: "upstream connection failed", penalize: true}
+}
+
+// StatusClientClosed is logged (never sent) when the client went away
+// before the answer was complete, as nginx's 499.
+const StatusClientClosed = 499
+
+// writeError answers with Flowise's error shape ({statusCode, success,
+// message}) so existing Flowise clients show the message, plus a stable code
+// and the request id for support.
+func writeError(w http.ResponseWriter, st *reqState, status int, code, message string) {
+	if status == StatusClientClosed {
+		st.status = status
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set("X-Request-Id", st.id)
+	h.Set("Cache-Control", "no-store")
+	st.g.securityHeaders(h)
+	body := make([]byte, 0, 160)
+	body = append(body, `{"statusCode":`...)
+	body = strconv.AppendInt(body, int64(status), 10)
+	body = append(body, `,"success":false,"code":`...)
+	body = strconv.AppendQuote(body, code)
+	body = append(body, `,"message":`...)
+	body = strconv.AppendQuote(body, message)
+	body = append(body, `,"requestId":`...)
+	body = strconv.AppendQuote(body, st.id)
+	body = append(body, "}\n"...)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	st.errCode = code
+}

@@ -1,0 +1,475 @@
+// Package proxy is flowgate's request path: identify the flow, read the
+// body once, pick the least-loaded healthy upstream, forward, tap the answer
+// on its way out, and log and measure the result. gateway.go reads top to
+// bottom as a request travels.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flowgate/flowgate/config"
+	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/metrics"
+	"go.uber.org/zap"
+)
+
+// Options are the gateway's collaborators, passed in rather than global.
+type Options struct {
+	Logger  *zap.Logger      // required
+	Metrics *metrics.Metrics // required
+	// IntN breaks balancer ties; nil means math/rand/v2.IntN. Tests inject
+	// a deterministic one.
+	IntN func(n int) int
+}
+
+// Gateway is the reverse proxy. Build it with New, start its health checks
+// with Start, stop them with Close.
+type Gateway struct {
+	cfg     config.Config
+	log     *zap.Logger
+	access  *zap.Logger // nil when access logging is off
+	metrics *metrics.Metrics
+
+	ups []*Upstream
+	lb  *leastConn
+	rp  *httputil.ReverseProxy
+
+	// Read-only after New: the config digested for the hot path.
+	trustedNets         []netip.Prefix
+	secHeaders          [][2]string
+	staticExt           map[string]struct{}
+	staticCC            string
+	preserveHost        bool
+	gzipOn              bool
+	gzipMin             int64
+	gzipTypes           []string
+	unhealthyStatus     [600]bool
+	maxBody             int64
+	bodyTimeout         time.Duration
+	headerTimeout       time.Duration
+	streamHeaderTimeout time.Duration
+	idleTimeout         time.Duration
+	retries             int
+
+	states sync.Pool
+
+	draining atomic.Bool
+	healthMu sync.Mutex
+	healthCh chan struct{}
+
+	stop        context.CancelFunc
+	wg          sync.WaitGroup
+	probeClient *http.Client
+}
+
+// New builds a gateway from a validated config.
+func New(cfg config.Config, o Options) (*Gateway, error) {
+	if o.Logger == nil || o.Metrics == nil {
+		return nil, fmt.Errorf("proxy: Logger and Metrics are required")
+	}
+	p := cfg.Proxy
+	g := &Gateway{
+		cfg:                 cfg,
+		log:                 o.Logger,
+		metrics:             o.Metrics,
+		trustedNets:         p.TrustedNets(),
+		staticCC:            p.StaticCacheControlValue(),
+		staticExt:           map[string]struct{}{},
+		preserveHost:        p.PreserveHostOn(),
+		gzipOn:              p.Gzip.On(),
+		gzipMin:             int64(p.Gzip.MinSize),
+		gzipTypes:           p.Gzip.ContentTypes,
+		maxBody:             int64(p.MaxBodyBytes),
+		bodyTimeout:         cfg.Server.BodyReadTimeout.D(),
+		headerTimeout:       p.ResponseHeaderTimeout.D(),
+		streamHeaderTimeout: p.StreamResponseHeaderTimeout.D(),
+		idleTimeout:         p.IdleTimeout.D(),
+		retries:             p.Retries,
+		healthCh:            make(chan struct{}),
+	}
+	if cfg.Log.AccessLogOn() {
+		g.access = o.Logger.Named("access")
+	}
+	for k, v := range p.EffectiveSecurityHeaders() {
+		g.secHeaders = append(g.secHeaders, [2]string{http.CanonicalHeaderKey(k), v})
+	}
+	for _, e := range p.StaticExtensions {
+		g.staticExt[strings.ToLower(strings.TrimPrefix(e, "."))] = struct{}{}
+	}
+	for _, c := range cfg.Health.Passive.UnhealthyStatuses {
+		if c >= 0 && c < len(g.unhealthyStatus) {
+			g.unhealthyStatus[c] = true
+		}
+	}
+	for _, uc := range cfg.Upstreams {
+		u, err := url.Parse(uc.URL)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: upstream %q: %w", uc.URL, err)
+		}
+		name := uc.Name
+		if name == "" {
+			name = u.Host
+		}
+		up := newUpstream(name, u)
+		g.ups = append(g.ups, up)
+		o.Metrics.UpstreamGauges(name,
+			func() float64 { return float64(up.InFlight()) },
+			func() float64 {
+				if up.Healthy(time.Now()) {
+					return 1
+				}
+				return 0
+			})
+	}
+	if len(g.ups) == 0 {
+		return nil, fmt.Errorf("proxy: no upstreams")
+	}
+	if len(g.ups) > 64 {
+		return nil, fmt.Errorf("proxy: at most 64 upstreams, got %d", len(g.ups))
+	}
+	g.lb = newLeastConn(g.ups, o.IntN)
+	g.rp = &httputil.ReverseProxy{
+		Rewrite:        g.rewrite,
+		Transport:      newTransport(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream),
+		BufferPool:     newBufferPool(),
+		ModifyResponse: g.modifyResponse,
+		ErrorHandler:   g.errorHandler,
+		ErrorLog:       zap.NewStdLog(o.Logger.Named("reverseproxy").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+	}
+	g.states.New = func() any { return new(reqState) }
+	return g, nil
+}
+
+// Start begins active health checks; they stop when Close is called.
+func (g *Gateway) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	g.stop = cancel
+	if g.cfg.Health.Active.On() {
+		g.activeChecks(ctx)
+	}
+}
+
+// Close stops the health checks and drops idle upstream connections.
+func (g *Gateway) Close() {
+	if g.stop != nil {
+		g.stop()
+	}
+	g.wg.Wait()
+	if g.probeClient != nil {
+		g.probeClient.CloseIdleConnections()
+	}
+	if t, ok := g.rp.Transport.(*http.Transport); ok {
+		t.CloseIdleConnections()
+	}
+}
+
+// Upstreams returns the upstreams in config order.
+func (g *Gateway) Upstreams() []*Upstream { return g.ups }
+
+// Drain marks the gateway as shutting down: Ready turns false so load
+// balancers stop sending, while in-flight requests carry on.
+func (g *Gateway) Drain() { g.draining.Store(true) }
+
+// Ready reports whether the gateway can serve: not draining and at least
+// one upstream healthy.
+func (g *Gateway) Ready() bool {
+	if g.draining.Load() {
+		return false
+	}
+	now := time.Now()
+	for _, u := range g.ups {
+		if u.Healthy(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// reqState is everything one request carries along the path. It is pooled;
+// init resets every field.
+type reqState struct {
+	g    *Gateway
+	rw   responseWriter
+	ub   upstreamBody
+	id   string
+	info flow.Info
+
+	peer        netip.Addr
+	trustedPeer bool
+	acceptGzip  bool
+	isStatic    bool
+	streamReq   bool
+	body        *bytes.Buffer
+	bodyLen     int64
+
+	up       *Upstream
+	tried    uint64
+	attempts int
+	failed   bool
+	fail     failure
+
+	clientCtx  context.Context
+	attemptCtx context.Context
+	timer      *time.Timer
+	inBody     atomic.Bool // the attempt got headers: the timer now means idle
+
+	status         int // set when the gateway answers itself
+	upstreamStatus int
+	sse            bool
+	errCode        string
+	cut            string
+}
+
+type stateKey struct{}
+
+func stateFrom(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
+
+// rearm pushes the idle deadline out after the upstream sent bytes.
+func (st *reqState) rearm() { st.timer.Reset(st.g.idleTimeout) }
+
+// ServeHTTP is the request path.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	st := g.states.Get().(*reqState)
+	*st = reqState{g: g, clientCtx: r.Context()}
+	st.rw.reset(w)
+	defer g.finish(r, st, start)
+
+	st.id = requestID(r)
+	st.peer = clientAddr(r)
+	st.trustedPeer = len(g.trustedNets) > 0 && g.trusted(st.peer)
+	st.info = flow.Identify(r.URL.Path)
+	st.isStatic = !st.info.IsFlow() && g.isStatic(r.URL.Path)
+	st.acceptGzip = g.gzipOn && acceptsGzip(r.Header.Get("Accept-Encoding"))
+
+	if r.ContentLength != 0 || (r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0) {
+		body, berr := readBody(w, r, g.maxBody, g.bodyTimeout)
+		if berr != nil {
+			writeError(&st.rw, st, berr.status, berr.code, berr.msg)
+			return
+		}
+		st.body, st.bodyLen = body, int64(body.Len())
+		if st.info.IsFlow() {
+			st.streamReq = asksToStream(body.Bytes())
+		}
+	}
+
+	for {
+		up, idx := g.lb.pick(time.Now(), st.tried)
+		if up == nil {
+			if st.failed {
+				writeError(&st.rw, st, st.fail.status, st.fail.code, st.fail.message)
+			} else {
+				writeError(&st.rw, st, http.StatusServiceUnavailable, "no_healthy_upstream", "no healthy upstream is available")
+			}
+			return
+		}
+		st.tried |= 1 << uint(idx)
+		st.attempts++
+		st.up = up
+		st.failed = false
+		g.forward(r, st)
+		if !st.failed {
+			return
+		}
+		if st.fail.retry && st.attempts <= g.retries && r.Context().Err() == nil {
+			g.metrics.Retry()
+			continue
+		}
+		writeError(&st.rw, st, st.fail.status, st.fail.code, st.fail.message)
+		return
+	}
+}
+
+// forward makes one attempt on st.up. A transport failure leaves st.failed
+// set and nothing written to the client.
+func (g *Gateway) forward(r *http.Request, st *reqState) {
+	up := st.up
+	up.inflight.Add(1)
+	ctx, cancel := context.WithCancelCause(r.Context())
+	st.attemptCtx = ctx
+	st.inBody.Store(false)
+	d := g.headerTimeout
+	if st.streamReq {
+		d = g.streamHeaderTimeout
+	}
+	st.timer = time.AfterFunc(d, func() {
+		if st.inBody.Load() {
+			cancel(errIdleTimeout)
+		} else {
+			cancel(errFirstByteTimeout)
+		}
+	})
+	defer func() {
+		st.timer.Stop()
+		cancel(nil)
+		up.inflight.Add(-1)
+	}()
+
+	req := r.WithContext(context.WithValue(ctx, stateKey{}, st))
+	if st.body != nil {
+		b := st.body.Bytes()
+		req.Body = io.NopCloser(bytes.NewReader(b))
+		req.ContentLength = int64(len(b))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+		req.TransferEncoding = nil
+	}
+	g.rp.ServeHTTP(&st.rw, req)
+}
+
+// rewrite builds the outbound request (ReverseProxy's Rewrite hook).
+func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
+	st := stateFrom(pr.In.Context())
+	u := st.up.URL
+	if u.Path == "" || u.Path == "/" {
+		pr.Out.URL.Scheme, pr.Out.URL.Host = u.Scheme, u.Host
+	} else {
+		pr.SetURL(u)
+	}
+	if g.preserveHost {
+		pr.Out.Host = pr.In.Host
+	} else {
+		pr.Out.Host = ""
+	}
+	// The body is already complete in memory: waiting for a 100 from the
+	// upstream would only add a round trip.
+	pr.Out.Header.Del("Expect")
+	g.setForwarded(pr, st)
+}
+
+// modifyResponse runs once the upstream's headers arrived.
+func (g *Gateway) modifyResponse(res *http.Response) error {
+	st := stateFrom(res.Request.Context())
+	st.upstreamStatus = res.StatusCode
+	h := res.Header
+	g.securityHeaders(h)
+	h.Set("X-Request-Id", st.id)
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		// An upgraded connection (WebSocket) lives as long as both ends
+		// want; ReverseProxy needs the raw body to hijack it.
+		st.timer.Stop()
+		return nil
+	}
+	st.inBody.Store(true)
+	st.timer.Reset(g.idleTimeout)
+	if g.unhealthyStatus[res.StatusCode] {
+		g.passiveFailure(st.up, "status")
+	}
+	if st.isStatic && res.StatusCode >= 200 && res.StatusCode < 400 {
+		h.Set("Cache-Control", g.staticCC)
+	}
+	st.sse = isEventStream(h)
+	if st.sse {
+		// Chunked, whatever the upstream declared: a cut stream must be
+		// able to end with our error frame, past any declared length.
+		h.Del("Content-Length")
+	}
+	if st.acceptGzip && !st.sse && g.shouldCompress(res) {
+		h.Set("Content-Encoding", "gzip")
+		h.Del("Content-Length")
+		h.Add("Vary", "Accept-Encoding")
+		if et := h.Get("Etag"); et != "" && !strings.HasPrefix(et, "W/") {
+			h.Set("Etag", "W/"+et) // the bytes differ now; strong validators would lie
+		}
+		st.rw.compress = true
+	}
+	st.ub = upstreamBody{
+		rc:         res.Body,
+		st:         st,
+		sse:        st.sse,
+		flowiseSSE: st.sse && st.info.Kind == flow.Flowise && st.info.Runs,
+	}
+	res.Body = &st.ub
+	return nil
+}
+
+func (g *Gateway) shouldCompress(res *http.Response) bool {
+	if res.Request.Method == http.MethodHead || res.StatusCode < 200 ||
+		res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified {
+		return false
+	}
+	if res.Header.Get("Content-Encoding") != "" || res.Header.Get("Content-Range") != "" {
+		return false
+	}
+	if res.ContentLength >= 0 && res.ContentLength < g.gzipMin {
+		return false
+	}
+	ct := res.Header.Get("Content-Type")
+	for _, t := range g.gzipTypes {
+		if strings.HasPrefix(ct, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// errorHandler records a failed attempt; ServeHTTP decides whether to retry
+// or answer, since nothing has been written to the client yet.
+func (g *Gateway) errorHandler(_ http.ResponseWriter, r *http.Request, err error) {
+	st := stateFrom(r.Context())
+	st.failed = true
+	st.fail = classify(err, st.clientCtx, r.Context())
+	switch {
+	case st.fail.status == StatusClientClosed:
+	case st.fail.penalize:
+		g.passiveFailure(st.up, st.fail.code)
+	default:
+		g.metrics.UpstreamFailure(st.up.Name, st.fail.code)
+	}
+	if st.fail.status != StatusClientClosed {
+		g.log.Debug("upstream attempt failed", zap.String("upstream", st.up.Name),
+			zap.String("request_id", st.id), zap.String("code", st.fail.code), zap.Error(err))
+	}
+}
+
+// finish runs last, also while an aborted response unwinds: log, measure,
+// release.
+func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
+	st.rw.finish()
+	d := time.Since(start)
+	if st.status == 0 {
+		st.status = st.rw.status
+		if st.status == 0 {
+			st.status = http.StatusOK
+		}
+		if st.cut == "client_closed" || (st.rw.status == 0 && r.Context().Err() != nil) {
+			st.status = StatusClientClosed
+		}
+	}
+	g.metrics.ObserveRequest(st.info.Route, r.Method, st.status, d)
+	if g.access != nil {
+		g.logAccess(r, st, d)
+	}
+	putBody(st.body)
+	*st = reqState{}
+	g.states.Put(st)
+}
+
+// acceptsGzip reads Accept-Encoding loosely: a listed gzip without q=0.
+func acceptsGzip(ae string) bool {
+	i := strings.Index(ae, "gzip")
+	if i < 0 {
+		return false
+	}
+	rest := ae[i+4:]
+	if j := strings.IndexByte(rest, ','); j >= 0 {
+		rest = rest[:j]
+	}
+	rest = strings.ReplaceAll(rest, " ", "")
+	return !strings.HasPrefix(rest, ";q=0") || strings.HasPrefix(rest, ";q=0.") && strings.Trim(rest[5:], "0") != ""
+}
+
+func joinPath(a, b string) string {
+	return strings.TrimSuffix(a, "/") + "/" + strings.TrimPrefix(b, "/")
+}

@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"path"
+	"strings"
+)
+
+// clientAddr returns the peer's IP from r.RemoteAddr without allocating.
+func clientAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+func (g *Gateway) trusted(a netip.Addr) bool {
+	for _, p := range g.trustedNets {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// realClient finds the client behind trusted proxies: the right-most
+// X-Forwarded-For entry that is not itself a trusted proxy (nginx's
+// real_ip_recursive). peer is trusted when this is called.
+func (g *Gateway) realClient(xff string, peer netip.Addr) netip.Addr {
+	client := peer
+	for xff != "" {
+		i := strings.LastIndexByte(xff, ',')
+		hop := strings.TrimSpace(xff[i+1:])
+		xff = xff[:max(i, 0)]
+		a, err := netip.ParseAddr(hop)
+		if err != nil {
+			break // garbage from an untrusted hop: stop believing the chain
+		}
+		client = a.Unmap()
+		if !g.trusted(client) {
+			break
+		}
+		if i < 0 {
+			break
+		}
+	}
+	return client
+}
+
+// setForwarded writes the headers nginx's seed config set for the upstream
+// (X-Forwarded-For, X-Real-IP, X-Forwarded-Proto, X-Forwarded-Host) and drops
+// what an untrusted client must not be able to claim. Rewrite hands us an
+// outbound request whose X-Forwarded-* are already removed.
+func (g *Gateway) setForwarded(pr *httputil.ProxyRequest, st *reqState) {
+	in, out := pr.In, pr.Out
+	peer := st.peer
+	peerS := peer.String()
+	proto := "http"
+	if in.TLS != nil {
+		proto = "https"
+	}
+	if st.trustedPeer {
+		client := peer
+		if prior := in.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			chain := strings.Join(prior, ", ")
+			client = g.realClient(chain, peer)
+			out.Header.Set("X-Forwarded-For", chain+", "+peerS)
+		} else {
+			out.Header.Set("X-Forwarded-For", peerS)
+		}
+		if p := in.Header.Get("X-Forwarded-Proto"); p != "" {
+			proto = p
+		}
+		if h := in.Header.Get("X-Forwarded-Host"); h != "" {
+			out.Header.Set("X-Forwarded-Host", h)
+		} else {
+			out.Header.Set("X-Forwarded-Host", in.Host)
+		}
+		out.Header.Set("X-Real-Ip", client.String())
+		if fwd := in.Header.Values("Forwarded"); len(fwd) > 0 {
+			out.Header["Forwarded"] = fwd // Rewrite drops it; a trusted hop's is kept
+		}
+	} else {
+		out.Header.Set("X-Forwarded-For", peerS)
+		out.Header.Set("X-Forwarded-Host", in.Host)
+		out.Header.Set("X-Real-Ip", peerS)
+		// Flowise treats "x-request-from: internal" as a call from its own
+		// UI; only a proxy we trust may say so. Forwarded (RFC 7239) would
+		// let a client forge its address past us.
+		out.Header.Del("X-Request-From")
+		out.Header.Del("Forwarded")
+	}
+	out.Header.Set("X-Forwarded-Proto", proto)
+	out.Header.Set("X-Request-Id", st.id)
+}
+
+// securityHeaders adds the configured headers a response lacks.
+func (g *Gateway) securityHeaders(h http.Header) {
+	for _, kv := range g.secHeaders {
+		if _, ok := h[kv[0]]; !ok {
+			h[kv[0]] = []string{kv[1]}
+		}
+	}
+}
+
+// isStatic reports whether the path names a static asset whose responses
+// get the long-lived Cache-Control.
+func (g *Gateway) isStatic(p string) bool {
+	if g.staticCC == "" {
+		return false
+	}
+	ext := path.Ext(p)
+	if len(ext) < 2 {
+		return false
+	}
+	_, ok := g.staticExt[strings.ToLower(ext[1:])]
+	return ok
+}
+
+const hexDigits = "0123456789abcdef"
+
+// requestID keeps a well-formed client X-Request-ID (so ids join up across
+// hops) or makes a 32-hex-digit one. Ids need to be unique, not secret.
+func requestID(r *http.Request) string {
+	if v := r.Header.Get("X-Request-Id"); v != "" && len(v) <= 128 && idChars(v) {
+		return v
+	}
+	var b [32]byte
+	hi, lo := rand.Uint64(), rand.Uint64()
+	for i := 0; i < 16; i++ {
+		b[i] = hexDigits[(hi>>(60-4*i))&0xf]
+		b[16+i] = hexDigits[(lo>>(60-4*i))&0xf]
+	}
+	return string(b[:])
+}
+
+func idChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
+}

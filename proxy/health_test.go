@@ -1,0 +1,101 @@
+package proxy_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowgate/flowgate/config"
+	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// Configured status codes count as passive failures and take the upstream
+// out; the other upstream then takes all traffic.
+func TestPassiveStatusFailuresTakeUpstreamOut(t *testing.T) {
+	bad := startFlow(t, fakeflow.Options{FailureRate: 1})
+	good := startFlow(t, fakeflow.Options{})
+	g := newGW(t, []string{bad.URL(), good.URL()}, func(c *config.Config) {
+		c.Health.Active.Enabled = ptr(false)
+		c.Health.Passive.UnhealthyStatuses = []int{500}
+		c.Health.Passive.MaxFails = 2
+		c.Health.Passive.Cooldown = config.Duration(time.Hour)
+	})
+	// Least-connections alternates between the two idle upstreams; drive
+	// traffic until the failing one has failed twice.
+	for i := 0; g.Upstreams()[0].Healthy(time.Now()); i++ {
+		if i > 50 {
+			t.Fatal("failing upstream never taken out")
+		}
+		readAll(t, predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, nil))
+	}
+	before := bad.Server().Stats().Predictions
+	for range 10 {
+		if resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, nil); readAll(t, resp) == "" || resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	if bad.Server().Stats().Predictions != before {
+		t.Fatal("an upstream in cool-down got traffic")
+	}
+}
+
+// A client that gives up does not count against the upstream.
+func TestClientCancelDoesNotPenalize(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := newGW(t, []string{ff.URL()}, func(c *config.Config) {
+		c.Health.Active.Enabled = ptr(false)
+		c.Health.Passive.MaxFails = 1
+	})
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, g.URL+predictPath, strings.NewReader(`{"question":"hi"}`))
+		req.Header.Set("X-Fakeflow-Mode", "hang")
+		_, err := http.DefaultClient.Do(req)
+		cancel()
+		if err == nil {
+			t.Fatal("hung request answered")
+		}
+	}
+	if !g.Upstreams()[0].Healthy(time.Now()) {
+		t.Fatal("client cancellations took the upstream out")
+	}
+	if n := testutil.CollectAndCount(g.reg, "flowgate_upstream_failures_total"); n != 0 {
+		t.Fatalf("%d upstream failure series after client cancels", n)
+	}
+}
+
+// One access log line per request with nginx's main fields plus the
+// gateway's own.
+func TestAccessLogLine(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := newGW(t, []string{ff.URL()}, nil)
+	resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, map[string]string{"User-Agent": "t/1", "X-Request-ID": "abc-1"})
+	readAll(t, resp)
+	// The line is written before the handler returns, and a JSON answer
+	// with a Content-Length is only flushed to the client after that.
+	var line map[string]any
+	for _, e := range g.logs.FilterMessage("request").All() {
+		line = e.ContextMap()
+	}
+	if line == nil {
+		t.Fatal("no access log line")
+	}
+	want := map[string]any{
+		"remote_addr": "127.0.0.1", "request": "POST " + predictPath + " HTTP/1.1", "status": int64(200),
+		"http_user_agent": "t/1", "request_id": "abc-1", "workflow_id": flowID,
+		"route": "/api/v1/prediction/{id}", "upstream": strings.TrimPrefix(ff.URL(), "http://"),
+	}
+	for k, v := range want {
+		if line[k] != v {
+			t.Errorf("%s = %v (%T), want %v", k, line[k], line[k], v)
+		}
+	}
+	for _, k := range []string{"body_bytes_sent", "request_time", "http_referer", "http_x_forwarded_for", "remote_user"} {
+		if _, ok := line[k]; !ok {
+			t.Errorf("missing %s", k)
+		}
+	}
+}

@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// activeChecks probes every upstream with GET health.active.path (Flowise's
+// /api/v1/ping by default) and flips its verdict after the configured
+// number of consecutive passes or failures.
+func (g *Gateway) activeChecks(ctx context.Context) {
+	hc := g.cfg.Health.Active
+	client := &http.Client{
+		// A transport of its own: probes must not queue behind, or
+		// steal connections from, real traffic.
+		Transport: newTransport(hc.Timeout.D(), 1),
+		Timeout:   hc.Timeout.D(),
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+	g.probeClient = client
+	for _, u := range g.ups {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			t := time.NewTicker(hc.Interval.D())
+			defer t.Stop()
+			for {
+				g.probe(ctx, client, u)
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
+}
+
+func (g *Gateway) probe(ctx context.Context, c *http.Client, u *Upstream) {
+	hc := g.cfg.Health.Active
+	target := *u.URL
+	target.Path = joinPath(u.URL.Path, hc.Path)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
+	if err != nil {
+		return
+	}
+	req.Header.Set("User-Agent", "flowgate-healthcheck")
+	resp, err := c.Do(req)
+	ok := err == nil && resp.StatusCode >= 200 && resp.StatusCode < 300
+	if resp != nil {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+		resp.Body.Close()
+	}
+	if ctx.Err() != nil {
+		return // shutting down: a cancelled probe says nothing of the upstream
+	}
+	if changed, up := u.activeResult(ok, hc.HealthyThreshold, hc.UnhealthyThreshold); changed {
+		fields := []zap.Field{zap.String("upstream", u.Name), zap.Bool("healthy", up)}
+		if err != nil {
+			fields = append(fields, zap.Error(err))
+		} else if resp != nil {
+			fields = append(fields, zap.Int("status", resp.StatusCode))
+		}
+		g.log.Warn("active health check changed upstream state", fields...)
+		g.notifyHealth()
+	}
+}
+
+// passiveFailure counts a failure seen on real traffic.
+func (g *Gateway) passiveFailure(u *Upstream, reason string) {
+	g.metrics.UpstreamFailure(u.Name, reason)
+	ph := g.cfg.Health.Passive
+	if !ph.On() {
+		return
+	}
+	if u.passiveFail(time.Now(), ph.MaxFails, ph.FailWindow.D(), ph.Cooldown.D()) {
+		g.log.Warn("passive health check took upstream out",
+			zap.String("upstream", u.Name), zap.String("reason", reason), zap.Duration("cooldown", ph.Cooldown.D()))
+		g.notifyHealth()
+	}
+}
+
+// notifyHealth wakes whoever waits in HealthChanged (tests, readiness).
+func (g *Gateway) notifyHealth() {
+	g.healthMu.Lock()
+	close(g.healthCh)
+	g.healthCh = make(chan struct{})
+	g.healthMu.Unlock()
+}
+
+// HealthChanged returns a channel closed at the next change of any
+// upstream's health verdict.
+func (g *Gateway) HealthChanged() <-chan struct{} {
+	g.healthMu.Lock()
+	defer g.healthMu.Unlock()
+	return g.healthCh
+}
