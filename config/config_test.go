@@ -296,8 +296,14 @@ func TestUnknownKeys(t *testing.T) {
 			"flowgate.yaml:4: upstreams[1].nmae: unknown key; did you mean upstreams[1].name?"},
 		{"deep", "health:\n  active:\n    enabled: true\n    pth: /x\n",
 			"flowgate.yaml:4: health.active.pth: unknown key; did you mean health.active.path?"},
+		{"cut short", "proxy:\n  max_body: 5MiB\n",
+			"flowgate.yaml:2: proxy.max_body: unknown key; did you mean proxy.max_body_bytes?"},
+		{"top-level key in a section", "proxy:\n  upstreams: []\n",
+			"flowgate.yaml:2: proxy.upstreams: unknown key; did you mean upstreams?"},
 		{"no obvious match", "proxy:\n  read_timeout: 5s\n",
 			"flowgate.yaml:2: proxy.read_timeout: unknown key"},
+		{"leaf of another section is no match", "proxy:\n  timeout: 5s\n",
+			"flowgate.yaml:2: proxy.timeout: unknown key"},
 		{"no match at all", "frobnicate: 1\n",
 			"flowgate.yaml:1: frobnicate: unknown key"},
 		{"duplicate key", "log:\n  level: info\n  level: debug\n",
@@ -357,6 +363,10 @@ func TestTypeErrors(t *testing.T) {
 			"flowgate.yaml:1: the top level must be a mapping of key: value lines, not a list"},
 		{"syntax", "server:\n  listen: :80\n   bad: x\n",
 			"flowgate.yaml:3: invalid YAML: mapping values are not allowed in this context"},
+		{"tab indent", "server:\n\tlisten: :80\n",
+			"flowgate.yaml:2: invalid YAML: found character that cannot start any token (YAML indents with spaces, not tabs)"},
+		{"list item not a mapping, no follow-on error", "upstreams:\n  - http://a:3000\n",
+			"flowgate.yaml:2: upstreams[0]: each item must be a mapping of key: value lines, not a value"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -38,8 +38,9 @@ type LoadOptions struct {
 	// environment. An empty result counts as unset.
 	Getenv func(string) string
 	// Overrides are command-line values that replace keys from the file
-	// before validation, so a bad file value that a flag replaces is not
-	// reported, and a bad flag value is reported as coming from the flag.
+	// before validation, so a file value that a flag replaces is not
+	// validated, and a bad flag value is reported as coming from the flag
+	// ("flag -listen: server.listen: ...") rather than from a file line.
 	Overrides Overrides
 }
 
@@ -55,7 +56,8 @@ type Overrides struct {
 // Load reads the YAML file at path over Default(), applies the secret
 // environment variables and files, and validates. An empty path means no
 // file: defaults and environment only. On error the Config is the zero
-// value and the error is an ErrorList naming every problem with its line.
+// value; the error is an ErrorList naming every problem with its line,
+// unless the file itself could not be read.
 func Load(path string) (Config, error) { return LoadWith(path, LoadOptions{}) }
 
 // LoadWith is Load with options. Relative token_file and password_file paths
@@ -108,7 +110,7 @@ func parse(data []byte, name, dir string, opts LoadOptions) (Config, error) {
 	d.secrets(&c, getenv, dir)
 	errs := d.errs
 	for _, e := range c.validate() {
-		if !d.failedAt(e.Key) {
+		if !d.failedAt(e.Key) || strings.HasPrefix(e.File, "flag ") {
 			errs = append(errs, e)
 		}
 	}
@@ -129,7 +131,7 @@ func parseYAML(data []byte, name string) (*yaml.Node, *Error) {
 			e.Line, _ = strconv.Atoi(m[1])
 			e.Msg = "invalid YAML: " + m[2]
 			lines := strings.Split(string(data), "\n")
-			if e.Line <= len(lines) && strings.Contains(lines[e.Line-1], "\t") {
+			if e.Line >= 1 && e.Line <= len(lines) && strings.Contains(lines[e.Line-1], "\t") {
 				e.Msg += " (YAML indents with spaces, not tabs)"
 			}
 		}

@@ -9,9 +9,10 @@ import (
 // suggest returns "; did you mean X?" for an unknown key when one valid key
 // is an obvious fix, else "". Obvious means, in order: the same words in
 // another spelling (maxBodyBytes, max-body-bytes), a typo of at most two
-// edits, a single swapped word (max_body_size -> max_body_bytes), or the
-// key one level off (listen at the top -> server.listen, proxy.upstreams ->
-// upstreams).
+// edits, a single swapped word (max_body_size -> max_body_bytes), a key cut
+// short (max_body -> max_body_bytes), or the key one level off (listen at
+// the top -> server.listen, proxy.upstreams -> upstreams). Anything less
+// sure gets no suggestion, since a wrong hint costs more than none.
 func suggest(t reflect.Type, parent, name string) string {
 	var keys []string
 	for k := range yamlFields(t) {
@@ -67,6 +68,15 @@ func closest(keys []string, name string) string {
 	}
 	if len(swapped) == 1 {
 		return swapped[0]
+	}
+	var longer []string
+	for _, k := range keys {
+		if len(name) >= 3 && strings.HasPrefix(k, snake(name)+"_") {
+			longer = append(longer, k)
+		}
+	}
+	if len(longer) == 1 {
+		return longer[0]
 	}
 	return ""
 }

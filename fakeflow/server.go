@@ -254,7 +254,7 @@ func (s *Server) preflight(w http.ResponseWriter, r *http.Request) {
 // notFound answers like Express's final handler.
 func notFound(w http.ResponseWriter, r *http.Request) {
 	body := "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot " +
-		html.EscapeString(r.Method+" "+r.URL.RequestURI()) + "</pre>\n</body>\n</html>\n"
+		html.EscapeString(r.Method+" "+encodeURL(r.RequestURI)) + "</pre>\n</body>\n</html>\n"
 	h := w.Header()
 	nodeKeepAlive(h)
 	h["Content-Security-Policy"] = hvCSPNone
@@ -265,6 +265,30 @@ func notFound(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodHead {
 		_, _ = w.Write([]byte(body))
 	}
+}
+
+// encodeURL percent-encodes what the encodeurl package (used by Express's
+// final handler) encodes: bytes outside the URL character set and '%' not
+// followed by two hex digits.
+func encodeURL(u string) string {
+	isHex := func(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
+	var b strings.Builder
+	for i := 0; i < len(u); i++ {
+		c := u[i]
+		keep := c == 0x21 || 0x23 <= c && c <= 0x3b || c == 0x3d || 0x3f <= c && c <= 0x5f ||
+			0x61 <= c && c <= 0x7a || c == 0x7c || c == 0x7e
+		if c == '%' && !(i+2 < len(u) && isHex(u[i+1]) && isHex(u[i+2])) {
+			keep = false
+		}
+		if keep {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte("0123456789ABCDEF"[c>>4])
+		b.WriteByte("0123456789ABCDEF"[c&0xf])
+	}
+	return b.String()
 }
 
 // writeError writes Flowise's error body {statusCode,success,message,stack}

@@ -118,7 +118,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		f.upstreams = multiFlag{demo.URL()}
 	}
 
-	cfg, err := loadConfig(f)
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	cfg, err := loadConfig(f, set)
 	if err != nil {
 		fmt.Fprintf(stderr, "flowgate: %v\n", err)
 		return 2
@@ -136,37 +138,22 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// loadConfig reads the file (or embedded defaults) and lets flags override.
-func loadConfig(f serveFlags) (config.Config, error) {
-	cfg := config.Default()
-	if f.config != "" {
-		var err error
-		if cfg, err = config.Load(f.config); err != nil {
-			return cfg, err
-		}
-	} else {
-		// Secrets still come from the environment without a file.
-		var err error
-		if cfg, err = config.Parse(nil, "defaults"); err != nil {
-			return cfg, err
-		}
+// loadConfig reads the file (or the embedded defaults); flags replace the
+// keys they name before validation, so errors name the flag, not a line a
+// flag replaced.
+func loadConfig(f serveFlags, set map[string]bool) (config.Config, error) {
+	var o config.Overrides
+	if set["listen"] {
+		o.Listen = &f.listen
 	}
-	if f.listen != "" {
-		cfg.Server.Listen = f.listen
+	if set["metrics-listen"] {
+		o.MetricsListen = &f.metricsListen
 	}
-	if f.metricsListen != "" {
-		cfg.Server.MetricsListen = f.metricsListen
+	if set["admin-listen"] {
+		o.AdminListen = &f.adminListen
 	}
-	if f.adminListen != "" {
-		cfg.Server.AdminListen = f.adminListen
-	}
-	if len(f.upstreams) > 0 {
-		cfg.Upstreams = nil
-		for _, u := range f.upstreams {
-			cfg.Upstreams = append(cfg.Upstreams, config.Upstream{URL: u})
-		}
-	}
-	return cfg, cfg.Validate()
+	o.Upstreams = f.upstreams
+	return config.LoadWith(f.config, config.LoadOptions{Overrides: o})
 }
 
 func newLogger(level string, out io.Writer) (*zap.Logger, error) {
