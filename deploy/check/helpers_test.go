@@ -216,7 +216,7 @@ func decodeAll(t *testing.T, stream []byte) *rendered {
 // kustomize renders a kustomization with kubectl (offline).
 func kustomize(t *testing.T, dir string) *rendered {
 	t.Helper()
-	kubectl := needTool(t, "kubectl", "the kubectl binary, 1.27+; it renders offline")
+	kubectl := needTool(t, "kubectl", "kubectl 1.27+ (Debian package kubectl, preinstalled on the go machine image); `kubectl kustomize` renders offline")
 	out := run(t, ".", kubectl, "kustomize", dir)
 	return decodeAll(t, out)
 }

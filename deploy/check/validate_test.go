@@ -49,7 +49,7 @@ func TestShippedConfigsPassFlowgateValidate(t *testing.T) {
 		filepath.Join(k8sDir, "sidecar", "flowgate.yaml"),
 	}
 	for _, c := range configs {
-		t.Run(filepath.Base(filepath.Dir(c))+"/"+filepath.Base(c), func(t *testing.T) {
+		t.Run(strings.TrimPrefix(filepath.ToSlash(c), "../"), func(t *testing.T) {
 			data, err := os.ReadFile(c)
 			if err != nil {
 				t.Fatal(err)
