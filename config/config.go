@@ -73,6 +73,11 @@ type Proxy struct {
 	IdleTimeout Duration `yaml:"idle_timeout"`
 	// MaxIdleConnsPerUpstream is the keep-alive pool size per upstream. Default 256.
 	MaxIdleConnsPerUpstream int `yaml:"max_idle_conns_per_upstream"`
+	// IdleConnTimeout drops a pooled upstream connection unused this long.
+	// Default 4s: Flowise (Node.js) closes idle keep-alive connections
+	// after 5s, and a request sent on a connection the upstream is closing
+	// fails without a way to know whether it ran.
+	IdleConnTimeout Duration `yaml:"idle_conn_timeout"`
 	// Retries is how many other upstreams a request tries when it could not
 	// be sent (connection refused, dial timeout). Default 2.
 	Retries int `yaml:"retries"`

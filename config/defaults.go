@@ -51,6 +51,7 @@ func Default() Config {
 			StreamResponseHeaderTimeout: Duration(30 * time.Second),
 			IdleTimeout:                 Duration(300 * time.Second),
 			MaxIdleConnsPerUpstream:     256,
+			IdleConnTimeout:             Duration(4 * time.Second),
 			Retries:                     2,
 			PreserveHost:                ptr(true),
 			TrustedProxies:              nil,

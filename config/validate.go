@@ -191,6 +191,7 @@ func (v *validator) proxy() {
 	v.positive("proxy.stream_response_header_timeout", p.StreamResponseHeaderTimeout)
 	v.positive("proxy.idle_timeout", p.IdleTimeout)
 	v.atLeast("proxy.max_idle_conns_per_upstream", p.MaxIdleConnsPerUpstream, 1)
+	v.positive("proxy.idle_conn_timeout", p.IdleConnTimeout)
 	v.atLeast("proxy.retries", p.Retries, 0)
 	for i, s := range p.TrustedProxies {
 		if _, err := parseTrusted(s); err != nil {

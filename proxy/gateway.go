@@ -141,7 +141,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 	g.lb = newLeastConn(g.ups, o.IntN)
 	g.rp = &httputil.ReverseProxy{
 		Rewrite:        g.rewrite,
-		Transport:      newTransport(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream),
+		Transport:      newTransport(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream, p.IdleConnTimeout.D()),
 		BufferPool:     newBufferPool(),
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.errorHandler,

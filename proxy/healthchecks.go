@@ -17,7 +17,7 @@ func (g *Gateway) activeChecks(ctx context.Context) {
 	client := &http.Client{
 		// A transport of its own: probes must not queue behind, or
 		// steal connections from, real traffic.
-		Transport: newTransport(hc.Timeout.D(), 1),
+		Transport: newTransport(hc.Timeout.D(), 1, g.cfg.Proxy.IdleConnTimeout.D()),
 		Timeout:   hc.Timeout.D(),
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse

@@ -10,14 +10,14 @@ import (
 // newTransport is tuned for a few upstreams taking heavy keep-alive traffic:
 // a large idle pool per upstream so sustained load does not churn
 // connections, and no transparent decompression so bytes pass as sent.
-func newTransport(dialTimeout time.Duration, idlePerHost int) *http.Transport {
+func newTransport(dialTimeout time.Duration, idlePerHost int, idleTimeout time.Duration) *http.Transport {
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		Proxy:                 nil, // never route upstream traffic via HTTP_PROXY
 		DialContext:           d.DialContext,
 		MaxIdleConns:          0, // bounded per host below
 		MaxIdleConnsPerHost:   idlePerHost,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       idleTimeout,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 		WriteBufferSize:       32 << 10,
