@@ -63,9 +63,11 @@ type Proxy struct {
 	// once the whole run is done.
 	ResponseHeaderTimeout Duration `yaml:"response_header_timeout"`
 	// StreamResponseHeaderTimeout replaces ResponseHeaderTimeout for
-	// requests that ask to stream ("streaming": true). Flowise sends
-	// headers at once for those, and hangs without answering when the run
-	// fails early. Default 30s.
+	// requests that ask to stream ("streaming": true). Flowise sends the
+	// headers of a stream at once, but hangs without answering when such a
+	// run fails early. It also answers a flow that cannot stream with JSON,
+	// only when the whole run is done, so too short a value cuts slow
+	// non-streaming flows. Default 60s, nginx's proxy_read_timeout.
 	StreamResponseHeaderTimeout Duration `yaml:"stream_response_header_timeout"`
 	// IdleTimeout ends a response whose upstream sends no byte for this
 	// long; a stream ended this way gets an error frame. Default 300s.

@@ -77,7 +77,7 @@ func TestDefaultMatchesComments(t *testing.T) {
 		{"proxy.max_body_bytes", c.Proxy.MaxBodyBytes, ByteSize(100 << 20)},
 		{"proxy.dial_timeout", c.Proxy.DialTimeout.D(), 5 * time.Second},
 		{"proxy.response_header_timeout", c.Proxy.ResponseHeaderTimeout.D(), 300 * time.Second},
-		{"proxy.stream_response_header_timeout", c.Proxy.StreamResponseHeaderTimeout.D(), 30 * time.Second},
+		{"proxy.stream_response_header_timeout", c.Proxy.StreamResponseHeaderTimeout.D(), 60 * time.Second},
 		{"proxy.idle_timeout", c.Proxy.IdleTimeout.D(), 300 * time.Second},
 		{"proxy.max_idle_conns_per_upstream", c.Proxy.MaxIdleConnsPerUpstream, 256},
 		{"proxy.retries", c.Proxy.Retries, 2},

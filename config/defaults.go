@@ -48,7 +48,7 @@ func Default() Config {
 			MaxBodyBytes:                100 * MiB,
 			DialTimeout:                 Duration(5 * time.Second),
 			ResponseHeaderTimeout:       Duration(300 * time.Second),
-			StreamResponseHeaderTimeout: Duration(30 * time.Second),
+			StreamResponseHeaderTimeout: Duration(60 * time.Second),
 			IdleTimeout:                 Duration(300 * time.Second),
 			MaxIdleConnsPerUpstream:     256,
 			IdleConnTimeout:             Duration(4 * time.Second),

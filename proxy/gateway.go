@@ -253,7 +253,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.isStatic = !st.info.IsFlow() && g.isStatic(r.URL.Path)
 	st.acceptGzip = g.gzipOn && acceptsGzip(r.Header.Get("Accept-Encoding"))
 
-	if r.ContentLength != 0 || (r.Body != nil && r.Body != http.NoBody && r.ContentLength < 0) {
+	if r.ContentLength > 0 || (r.ContentLength < 0 && r.Body != http.NoBody) {
 		body, berr := readBody(w, r, g.maxBody, g.bodyTimeout)
 		if berr != nil {
 			writeError(&st.rw, st, berr.status, berr.code, berr.msg)
@@ -443,7 +443,9 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 		if st.status == 0 {
 			st.status = http.StatusOK
 		}
-		if st.cut == "client_closed" || (st.rw.status == 0 && r.Context().Err() != nil) {
+		// The client left before the answer was complete: a failed write
+		// to it aborts the copy without our body reader seeing an error.
+		if st.cut == "client_closed" || (!st.ub.eof && r.Context().Err() != nil) {
 			st.status = StatusClientClosed
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/flowgate/flowgate/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -30,6 +31,41 @@ type gw struct {
 	srv  *httptest.Server
 	logs *observer.ObservedLogs
 	reg  *prometheus.Registry
+	// accessLines receives every access log line as it is written, so tests
+	// wait on the log instead of sleeping.
+	accessLines chan map[string]any
+}
+
+// notifyCore passes entries to the observer and announces access lines.
+type notifyCore struct {
+	zapcore.Core
+	ch chan map[string]any
+}
+
+func (c notifyCore) With(f []zapcore.Field) zapcore.Core {
+	return notifyCore{c.Core.With(f), c.ch}
+}
+
+func (c notifyCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c notifyCore) Write(e zapcore.Entry, f []zapcore.Field) error {
+	err := c.Core.Write(e, f)
+	if e.Message == "request" {
+		enc := zapcore.NewMapObjectEncoder()
+		for _, x := range f {
+			x.AddTo(enc)
+		}
+		select {
+		case c.ch <- enc.Fields:
+		default:
+		}
+	}
+	return err
 }
 
 // newGW starts a gateway in front of upstreams. Health checks run fast so
@@ -50,8 +86,9 @@ func newGW(t *testing.T, upstreams []string, mutate func(*config.Config)) *gw {
 		t.Fatalf("config: %v", err)
 	}
 	core, logs := observer.New(zap.DebugLevel)
+	lines := make(chan map[string]any, 10000)
 	reg := prometheus.NewRegistry()
-	g, err := proxy.New(cfg, proxy.Options{Logger: zap.New(core), Metrics: metrics.New(reg)})
+	g, err := proxy.New(cfg, proxy.Options{Logger: zap.New(notifyCore{core, lines}), Metrics: metrics.New(reg)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +98,7 @@ func newGW(t *testing.T, upstreams []string, mutate func(*config.Config)) *gw {
 		srv.Close()
 		g.Close()
 	})
-	return &gw{Gateway: g, URL: srv.URL, srv: srv, logs: logs, reg: reg}
+	return &gw{Gateway: g, URL: srv.URL, srv: srv, logs: logs, reg: reg, accessLines: lines}
 }
 
 func startFlow(t *testing.T, o fakeflow.Options) *fakeflow.Instance {
@@ -128,7 +165,19 @@ func readFrames(body io.Reader, each func(frame)) error {
 	}
 }
 
-// waitFor blocks until cond holds, re-checking whenever any upstream's
+// nextAccessLine waits for the next access log line.
+func (g *gw) nextAccessLine(t *testing.T) map[string]any {
+	t.Helper()
+	select {
+	case l := <-g.accessLines:
+		return l
+	case <-time.After(5 * time.Second):
+		t.Fatal("no access log line")
+		return nil
+	}
+}
+
+// waitHealth blocks until cond holds, re-checking whenever any upstream's
 // health changes; it fails the test after limit.
 func (g *gw) waitHealth(t *testing.T, limit time.Duration, cond func() bool) {
 	t.Helper()

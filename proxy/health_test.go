@@ -74,15 +74,7 @@ func TestAccessLogLine(t *testing.T) {
 	g := newGW(t, []string{ff.URL()}, nil)
 	resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, map[string]string{"User-Agent": "t/1", "X-Request-ID": "abc-1"})
 	readAll(t, resp)
-	// The line is written before the handler returns, and a JSON answer
-	// with a Content-Length is only flushed to the client after that.
-	var line map[string]any
-	for _, e := range g.logs.FilterMessage("request").All() {
-		line = e.ContextMap()
-	}
-	if line == nil {
-		t.Fatal("no access log line")
-	}
+	line := g.nextAccessLine(t)
 	want := map[string]any{
 		"remote_addr": "127.0.0.1", "request": "POST " + predictPath + " HTTP/1.1", "status": int64(200),
 		"http_user_agent": "t/1", "request_id": "abc-1", "workflow_id": flowID,

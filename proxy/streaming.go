@@ -42,6 +42,7 @@ type upstreamBody struct {
 	tailBuf    [48]byte
 	pending    error // error held back while its bytes are delivered
 	done       bool
+	eof        bool // the upstream's answer was read to its end
 }
 
 var endEvent = []byte(`"data":"[DONE]"}`)
@@ -65,6 +66,7 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	}
 	if err == io.EOF {
 		if !b.flowiseSSE || bytes.HasSuffix(bytes.TrimRight(b.tail, "\r\n"), endEvent) {
+			b.eof = true
 			return n, io.EOF
 		}
 		err = errStreamIncomplete

@@ -174,3 +174,23 @@ func TestUpgradePassesThrough(t *testing.T) {
 		t.Fatalf("got %q, %v", line, err)
 	}
 }
+
+// A client that leaves mid-stream is logged as 499, the upstream request is
+// cancelled, and the upstream is not blamed.
+func TestClientLeavingMidStream(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{TokenDelay: 50 * time.Millisecond, Tokens: 100})
+	g := newGW(t, []string{ff.URL()}, func(c *config.Config) { c.Health.Passive.MaxFails = 1 })
+	resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi","streaming":true}`, nil)
+	br := bufio.NewReader(resp.Body)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	line := g.nextAccessLine(t)
+	if line["status"] != int64(499) {
+		t.Fatalf("status %v, want 499: %v", line["status"], line)
+	}
+	if !g.Upstreams()[0].Healthy(time.Now()) {
+		t.Fatal("a client leaving took the upstream out")
+	}
+}
