@@ -172,8 +172,7 @@ func newLogger(level string, out io.Writer) (*zap.Logger, error) {
 }
 
 func serve(cfg config.Config, log *zap.Logger, demo *fakeflow.Instance) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 	m := metrics.New(reg)
 	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m})
 	if err != nil {
@@ -256,6 +255,14 @@ func serve(cfg config.Config, log *zap.Logger, demo *fakeflow.Instance) error {
 	}
 	log.Info("flowgate stopped")
 	return nil
+}
+
+// newRegistry is the one registry the process exposes: the runtime's and
+// the process's collectors, plus whatever the packages register on it.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
 }
 
 func opsHandler(reg *prometheus.Registry, g *proxy.Gateway) http.Handler {
