@@ -41,6 +41,9 @@
 //	X-Fakeflow-Latency: <Go duration>      wait before answering (before headers), e.g. "150ms"
 //	X-Fakeflow-Token-Delay: <Go duration>  wait between token frames of a stream
 //	X-Fakeflow-Tokens: <int 0..100000>     tokens in the answer (0 is allowed here)
+//	X-Fakeflow-Stamp: 1                    stamp each streamed token frame with its write
+//	                                       time (an extra "fakeflowStamp" field, Unix ns;
+//	                                       see HeaderStamp), for per-frame delay benchmarks
 //	X-Fakeflow-Mode: <mode>                one of:
 //	    hang         accept the request, never answer until the client goes away
 //	    fail         answer 500 with Flowise's error body (streaming or not)

@@ -60,6 +60,7 @@ type reqParams struct {
 	latency, tokenDelay time.Duration
 	tokens              int
 	mode                mode
+	stamp               bool // HeaderStamp: stamp token frames with their write time
 }
 
 // params applies the override headers; msg is non-empty for a bad value.
@@ -86,6 +87,9 @@ func (s *Server) params(r *http.Request) (p reqParams, msg string) {
 			return p, "fakeflow: bad " + HeaderTokens + " " + strconv.Quote(v[0]) + ": want an integer from 0 to " + strconv.Itoa(maxTokens)
 		}
 		p.tokens = n
+	}
+	if p.stamp, msg = stampParam(h[HeaderStamp]); msg != "" {
+		return p, msg
 	}
 	if v, ok := h[HeaderMode]; ok && len(v) > 0 {
 		switch strings.ToLower(strings.TrimSpace(v[0])) {
@@ -340,7 +344,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 
-	a := answer{question: req.question, form: req.form, tokens: p.tokens, agent: agent, start: time.Now()}
+	a := answer{question: req.question, form: req.form, tokens: p.tokens, agent: agent, start: time.Now(), stamp: p.stamp}
 	var chatID [16]byte
 	s.uuids(&chatID, &a.msgID, &a.execID)
 	a.chatID = req.chatID
@@ -411,6 +415,7 @@ type answer struct {
 	tokens            int
 	agent             bool
 	start             time.Time
+	stamp             bool // token frames carry their write time (HeaderStamp)
 }
 
 func (a *answer) appendChatJSON(b []byte) []byte {
@@ -630,7 +635,10 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, bp *[]byte, a *a
 				return false
 			}
 			f := b
-			if i < cachedTokens {
+			if a.stamp {
+				b = appendStampedTokenFrame(b[:0], i, time.Now().UnixNano())
+				f = b
+			} else if i < cachedTokens {
 				f = tokenFrames[i]
 			} else {
 				b = appendTokenFrame(b[:0], i)

@@ -221,8 +221,7 @@ type reqState struct {
 
 	clientCtx  context.Context
 	attemptCtx context.Context
-	timer      *time.Timer
-	inBody     atomic.Bool // the attempt got headers: the timer now means idle
+	timer      *attemptTimer
 
 	status         int // set when the gateway answers itself
 	upstreamStatus int
@@ -236,7 +235,24 @@ type stateKey struct{}
 func stateFrom(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
 
 // rearm pushes the idle deadline out after the upstream sent bytes.
-func (st *reqState) rearm() { st.timer.Reset(st.g.idleTimeout) }
+func (st *reqState) rearm() { st.timer.t.Reset(st.g.idleTimeout) }
+
+// attemptTimer ends an attempt that waits too long: for the response
+// headers first, then between body bytes. It is its own object, not part of
+// the pooled reqState, because a timer may fire after its request is done.
+type attemptTimer struct {
+	t      *time.Timer
+	cancel context.CancelCauseFunc
+	inBody atomic.Bool // headers arrived: the timer now means idle
+}
+
+func (a *attemptTimer) fire() {
+	if a.inBody.Load() {
+		a.cancel(errIdleTimeout)
+	} else {
+		a.cancel(errFirstByteTimeout)
+	}
+}
 
 // ServeHTTP is the request path.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -299,20 +315,15 @@ func (g *Gateway) forward(r *http.Request, st *reqState) {
 	up.inflight.Add(1)
 	ctx, cancel := context.WithCancelCause(r.Context())
 	st.attemptCtx = ctx
-	st.inBody.Store(false)
 	d := g.headerTimeout
 	if st.streamReq {
 		d = g.streamHeaderTimeout
 	}
-	st.timer = time.AfterFunc(d, func() {
-		if st.inBody.Load() {
-			cancel(errIdleTimeout)
-		} else {
-			cancel(errFirstByteTimeout)
-		}
-	})
+	at := &attemptTimer{cancel: cancel}
+	at.t = time.AfterFunc(d, at.fire)
+	st.timer = at
 	defer func() {
-		st.timer.Stop()
+		at.t.Stop()
 		cancel(nil)
 		up.inflight.Add(-1)
 	}()
@@ -358,11 +369,11 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded connection (WebSocket) lives as long as both ends
 		// want; ReverseProxy needs the raw body to hijack it.
-		st.timer.Stop()
+		st.timer.t.Stop()
 		return nil
 	}
-	st.inBody.Store(true)
-	st.timer.Reset(g.idleTimeout)
+	st.timer.inBody.Store(true)
+	st.timer.t.Reset(g.idleTimeout)
 	if g.unhealthyStatus[res.StatusCode] {
 		g.passiveFailure(st.up, "status")
 	}

@@ -1,0 +1,389 @@
+// Command bench measures flowgate against nginx and Caddy in front of the
+// same fakeflow upstream, on this machine, in one run:
+//
+//	go run ./bench            # full run, about 6 minutes
+//	go run ./bench -quick     # smoke run: 1 round of 3 s, 500 held streams
+//	go run ./bench -profile   # also a CPU and allocation profile of flowgate under load
+//
+// It installs wrk, nginx and caddy from Debian's packages when they are
+// missing (as root), builds flowgate and fakeflow, starts fakeflow with no
+// latency, and then, alternating the targets over several rounds:
+//
+//   - JSON throughput: wrk, keep-alive, fixed connections, a small
+//     prediction POST; requests/s, p50 and p99 latency, CPU per request;
+//   - moderate load: a fixed rate (30% of nginx's throughput) from an
+//     open-loop client; latency added over the direct ceiling;
+//   - streaming: fakeflow stamps each token frame with its write time, the
+//     client notes when it read it: added delay per frame, time to first token;
+//   - memory: RSS of each proxy holding 2,000 open streams, minus idle, per stream.
+//
+// Everything listens on 127.0.0.1 only. Every process started is ended on
+// success, error and Ctrl-C. Configs, logs, raw results and profiles stay in
+// the -out directory (a new temporary one by default).
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	quick      bool
+	rounds     int
+	duration   time.Duration
+	conns      int
+	threads    int
+	only       map[string]bool
+	targets    []string
+	rate       int
+	rateDur    time.Duration
+	rateConns  int
+	streams    int // concurrent streams in the streaming scenario
+	perWorker  int // streams each of them runs in a row
+	tokens     int
+	tokenDelay time.Duration
+	memStreams int
+	profile    bool
+	out        string
+	install    bool
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve-profiled" {
+		os.Exit(serveProfiled(os.Args[2:]))
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	var o options
+	var only, targets string
+	flag.BoolVar(&o.quick, "quick", false, "smoke run: 1 round, 3 s per load, 500 held streams")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds; every target is measured once per round, in rotating order")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "wrk duration per target per round")
+	flag.IntVar(&o.conns, "conns", 64, "wrk keep-alive connections")
+	flag.IntVar(&o.threads, "threads", 2, "wrk threads")
+	flag.StringVar(&only, "only", "json,rate,stream,memory", "scenarios: json, rate, stream, memory")
+	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "targets: direct, nginx, caddy, flowgate")
+	flag.IntVar(&o.rate, "rate", 0, "requests/s of the moderate-load scenario (0: 30% of nginx's measured throughput, else 3000)")
+	flag.DurationVar(&o.rateDur, "rate-duration", 5*time.Second, "moderate-load duration per target per round")
+	flag.IntVar(&o.rateConns, "rate-conns", 32, "moderate-load keep-alive connections")
+	flag.IntVar(&o.streams, "streams", 50, "concurrent streams in the streaming scenario")
+	flag.IntVar(&o.perWorker, "streams-each", 3, "streams each concurrent client runs in a row")
+	flag.IntVar(&o.tokens, "tokens", 50, "tokens per stream")
+	flag.DurationVar(&o.tokenDelay, "token-delay", 20*time.Millisecond, "delay between tokens")
+	flag.IntVar(&o.memStreams, "mem-streams", 2000, "open streams held in the memory scenario")
+	flag.BoolVar(&o.profile, "profile", false, "also profile flowgate (CPU, allocations) under wrk load")
+	flag.StringVar(&o.out, "out", "", "directory for configs, logs, raw results and profiles (default: a new temp dir)")
+	flag.BoolVar(&o.install, "install", true, "install missing wrk, nginx, caddy with apt-get (needs root)")
+	flag.Parse()
+	if o.quick {
+		o.rounds = 1
+		o.duration = 3 * time.Second
+		o.rateDur = 2 * time.Second
+		o.perWorker = 1
+		if o.memStreams > 500 {
+			o.memStreams = 500
+		}
+	}
+	o.only = map[string]bool{}
+	for _, s := range strings.Split(only, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			o.only[s] = true
+		}
+	}
+	for _, s := range strings.Split(targets, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			o.targets = append(o.targets, s)
+		}
+	}
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		fmt.Fprintln(os.Stderr, "\nbench: interrupted; stopping every process it started")
+		cleanup()
+		os.Exit(130)
+	}()
+	defer cleanup()
+
+	if err := bench(o); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func bench(o options) error {
+	began := time.Now()
+	raiseNoFile()
+	if err := ensureTools(o.install); err != nil {
+		return err
+	}
+	dir := o.out
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "flowgate-bench-"); err != nil {
+			return err
+		}
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	dir, _ = filepath.Abs(dir)
+	logf("output directory %s", dir)
+
+	e := &env{dir: dir}
+	if err := e.build(); err != nil {
+		return err
+	}
+	// fakeflow in its fast mode: no latency, no token delay unless a
+	// request asks for one (the streaming scenarios do, by header).
+	upPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	e.upAddr = fmt.Sprintf("127.0.0.1:%d", upPort)
+	e.upURL = "http://" + e.upAddr
+	e.up, err = startProc("fakeflow", e.fakeflow, []string{"-listen", e.upAddr}, nil, filepath.Join(dir, "fakeflow.log"), false)
+	if err != nil {
+		return err
+	}
+	if err := waitReady(e.up, e.upURL, 10*time.Second); err != nil {
+		return fmt.Errorf("fakeflow: %w", err)
+	}
+
+	m := machineInfo()
+	var rep report
+	rep.Machine = m
+	rep.Command = "go run ./bench " + strings.Join(os.Args[1:], " ")
+	rep.Started = began
+
+	needTargets := o.only["json"] || o.only["rate"] || o.only["stream"]
+	var ts []*target
+	if needTargets {
+		for _, k := range o.targets {
+			t, err := e.startTarget(k, "")
+			if err != nil {
+				return err
+			}
+			ts = append(ts, t)
+			logf("%s listening on %s", k, t.url)
+		}
+	}
+	if o.only["json"] {
+		rep.JSON = jsonScenario(e, ts, o)
+	}
+	if o.only["rate"] {
+		rate := o.rate
+		if rate == 0 {
+			rate = 3000
+			if n, ok := rep.JSON["nginx"]; ok {
+				rate = int(math.Round(0.3*n.RPS.med/100) * 100)
+			}
+		}
+		rep.Rate = rateScenario(ts, rate, o)
+	}
+	if o.only["stream"] {
+		rep.Stream = streamScenario(ts, o)
+	}
+	for _, t := range ts {
+		if t.p != nil {
+			t.p.stop()
+		}
+	}
+	if o.only["memory"] {
+		rep.Memory = memoryScenario(e, o)
+	}
+	if o.profile {
+		prof, err := profileScenario(e, o)
+		if err != nil {
+			logf("profile failed: %v", err)
+		}
+		rep.Profile = prof
+	}
+	rep.Elapsed = time.Since(began).Round(time.Second).String()
+
+	text := rep.render(o)
+	fmt.Print(text)
+	_ = os.WriteFile(filepath.Join(dir, "results.md"), []byte(text), 0o644)
+	if j, err := json.MarshalIndent(rep, "", "  "); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "results.json"), j, 0o644)
+	}
+	logf("done in %s; configs, logs and raw results in %s", rep.Elapsed, dir)
+	return nil
+}
+
+// build compiles flowgate and fakeflow from this module, and finds this
+// program's own binary for the profiled gateway.
+func (e *env) build() error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	e.flowgate = filepath.Join(e.dir, "flowgate")
+	e.fakeflow = filepath.Join(e.dir, "fakeflow")
+	for _, b := range [][2]string{{e.flowgate, "./cmd/flowgate"}, {e.fakeflow, "./cmd/fakeflow"}} {
+		logf("go build -o %s %s", b[0], b[1])
+		cmd := exec.Command("go", "build", "-o", b[0], b[1])
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", b[1], err, out)
+		}
+	}
+	e.self, err = os.Executable()
+	return err
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %v", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("run bench from inside the flowgate module (go run ./bench)")
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// ensureTools installs wrk, nginx and caddy from Debian's packages when
+// they are missing.
+func ensureTools(install bool) error {
+	if !strings.Contains(":"+os.Getenv("PATH")+":", ":/usr/sbin:") {
+		os.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin") // nginx lives there
+	}
+	var missing []string
+	for _, t := range []string{"wrk", "nginx", "caddy"} {
+		if _, err := exec.LookPath(t); err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if !install || os.Geteuid() != 0 {
+		return fmt.Errorf("missing %s: run as root to install them (apt-get install -y %s)",
+			strings.Join(missing, ", "), strings.Join(missing, " "))
+	}
+	apt := func(args ...string) error {
+		cmd := exec.Command("apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("apt-get %s: %v\n%s", strings.Join(args, " "), err, tail(out, 2000))
+		}
+		return nil
+	}
+	logf("installing %s with apt-get", strings.Join(missing, ", "))
+	args := append([]string{"install", "-y", "-qq"}, missing...)
+	if err := apt(args...); err != nil {
+		logf("apt-get install failed; running apt-get update first")
+		if err := apt("update", "-qq"); err != nil {
+			return err
+		}
+		if err := apt(args...); err != nil {
+			return err
+		}
+	}
+	// Where Debian starts the packaged services, they listen on port 80,
+	// not on the ports used here, and are left alone.
+	return nil
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// raiseNoFile lifts the open-files limit to its hard maximum: the memory
+// scenario holds thousands of connections, and children inherit the limit.
+func raiseNoFile() {
+	var rl syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil && rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+}
+
+type machine struct {
+	Date, CPUs, CPUModel, Kernel, Go, Nginx, Caddy, Wrk string
+}
+
+func machineInfo() machine {
+	m := machine{Date: time.Now().UTC().Format("2006-01-02 15:04 MST"), CPUs: fmt.Sprint(runtime.NumCPU()), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				m.CPUModel = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	first := func(name string, args ...string) string {
+		out, _ := exec.Command(name, args...).CombinedOutput()
+		s := strings.TrimSpace(string(out))
+		if i := strings.IndexByte(s, '\n'); i >= 0 {
+			s = s[:i]
+		}
+		return s
+	}
+	m.Nginx = strings.TrimPrefix(first("nginx", "-v"), "nginx version: ")
+	m.Caddy = first("caddy", "version")
+	m.Wrk = first("wrk", "-v")
+	return m
+}
+
+// rotate returns ts starting at index r, so each round measures in a
+// different order.
+func rotate(ts []*target, r int) []*target {
+	out := make([]*target, 0, len(ts))
+	for i := range ts {
+		out = append(out, ts[(i+r)%len(ts)])
+	}
+	return out
+}
+
+// httpGet fetches url into a file.
+func httpGet(url, path string, timeout time.Duration) error {
+	c := &http.Client{Timeout: timeout}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s: %d %s", url, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
+}

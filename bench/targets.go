@@ -1,0 +1,242 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// A target is one way to reach fakeflow: directly, or through a proxy.
+type target struct {
+	name string // direct, nginx, caddy, flowgate
+	url  string // http://127.0.0.1:port
+	p    *proc  // the proxy process; nil for direct (then up is measured)
+}
+
+const (
+	flowID      = "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
+	predictPath = "/api/v1/prediction/" + flowID
+	jsonBody    = `{"question":"hi"}`
+)
+
+// env is what every scenario needs: where to put files, the binaries, the
+// upstream.
+type env struct {
+	dir      string // configs, logs, raw results
+	flowgate string // binary
+	fakeflow string // binary
+	self     string // this program, for the profiled gateway variant
+	up       *proc  // fakeflow
+	upURL    string
+	upAddr   string
+}
+
+var allTargets = []string{"direct", "nginx", "caddy", "flowgate"}
+
+// startTarget starts a fresh proxy of the given kind in front of e.upAddr.
+// tag keeps file names apart when one kind is started more than once.
+func (e *env) startTarget(kind, tag string) (*target, error) {
+	if kind == "direct" {
+		return &target{name: "direct", url: e.upURL, p: nil}, nil
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(e.dir, kind+tag)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d", port)
+	var p *proc
+	switch kind {
+	case "nginx":
+		conf := filepath.Join(dir, "nginx.conf")
+		if err := os.WriteFile(conf, []byte(nginxConf(dir, port, e.upAddr)), 0o644); err != nil {
+			return nil, err
+		}
+		p, err = startProc(kind, "nginx", []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}, nil,
+			filepath.Join(dir, "stdout.log"), true)
+	case "caddy":
+		conf := filepath.Join(dir, "Caddyfile")
+		if err := os.WriteFile(conf, []byte(caddyfile(dir, port, e.upAddr)), 0o644); err != nil {
+			return nil, err
+		}
+		p, err = startProc(kind, "caddy", []string{"run", "--config", conf, "--adapter", "caddyfile"},
+			[]string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir},
+			filepath.Join(dir, "caddy.log"), false)
+	case "flowgate":
+		conf := filepath.Join(dir, "flowgate.yaml")
+		mport, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(conf, []byte(flowgateConf(port, mport, e.upURL)), 0o644); err != nil {
+			return nil, err
+		}
+		// stdout carries the JSON access log: it goes to a file on disk,
+		// like nginx's and Caddy's.
+		p, err = startProc(kind, e.flowgate, []string{"-config", conf}, nil, filepath.Join(dir, "access.log"), false)
+	default:
+		return nil, fmt.Errorf("unknown target %q", kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := waitReady(p, url, 15*time.Second); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("%s: %w (logs in %s)", kind, err, dir)
+	}
+	return &target{name: kind, url: url, p: p}, nil
+}
+
+// nginxConf is a production Flowise nginx.conf, pointed at loopback ports
+// and this run's directory: upstream keep-alive, HTTP/1.1 to the upstream
+// with Connection cleared (or upgraded for WebSockets), the forwarding
+// headers, a 100m body limit, gzip for text and JSON from 1 KiB, security
+// headers, the "main" access log, and SSE unbuffered because Flowise sends
+// X-Accel-Buffering: no on its streams (proxy_buffering stays on for JSON,
+// nginx's default). The request id is passed and returned as flowgate does.
+func nginxConf(dir string, port int, upAddr string) string {
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;" // workers write temp files into this run's directory
+	}
+	return strings.NewReplacer("{DIR}", dir, "{PORT}", fmt.Sprint(port), "{UP}", upAddr, "{USER}", user).Replace(`{USER}
+worker_processes auto;
+worker_rlimit_nofile 65535;
+daemon off;
+pid {DIR}/nginx.pid;
+error_log {DIR}/error.log warn;
+
+events {
+    worker_connections 16384;
+}
+
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    client_body_temp_path {DIR}/client_temp;
+    proxy_temp_path {DIR}/proxy_temp;
+    fastcgi_temp_path {DIR}/fastcgi_temp;
+    uwsgi_temp_path {DIR}/uwsgi_temp;
+    scgi_temp_path {DIR}/scgi_temp;
+
+    log_format main '$remote_addr - $remote_user [$time_local] "$request" '
+                    '$status $body_bytes_sent "$http_referer" '
+                    '"$http_user_agent" "$http_x_forwarded_for"';
+    access_log {DIR}/access.log main;
+
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 120s;
+    server_tokens off;
+    client_max_body_size 100m;
+
+    gzip on;
+    gzip_vary on;
+    gzip_proxied any;
+    gzip_comp_level 5;
+    gzip_min_length 1024;
+    gzip_types text/plain text/css text/xml application/json application/javascript application/xml image/svg+xml;
+
+    map $http_upgrade $connection_upgrade {
+        default upgrade;
+        ''      '';
+    }
+
+    upstream flowise {
+        least_conn;
+        server {UP};
+        keepalive 256;
+        keepalive_timeout 4s;
+    }
+
+    server {
+        listen 127.0.0.1:{PORT};
+        server_name _;
+
+        add_header X-Frame-Options SAMEORIGIN always;
+        add_header X-Content-Type-Options nosniff always;
+        add_header Referrer-Policy strict-origin-when-cross-origin always;
+        add_header Content-Security-Policy "frame-ancestors 'self'" always;
+        add_header X-Request-ID $request_id always;
+
+        location / {
+            proxy_pass http://flowise;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Request-ID $request_id;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }
+    }
+}
+`)
+}
+
+// caddyfile is Caddy's reverse_proxy with least_conn, the same headers,
+// body limit, gzip and a JSON access log to a file; admin API off.
+func caddyfile(dir string, port int, upAddr string) string {
+	return strings.NewReplacer("{DIR}", dir, "{PORT}", fmt.Sprint(port), "{UP}", upAddr).Replace(`{
+	admin off
+	auto_https off
+	grace_period 2s
+}
+
+http://:{PORT} {
+	bind 127.0.0.1
+	log {
+		output file {DIR}/access.log
+		format json
+	}
+	request_body {
+		max_size 100MiB
+	}
+	encode gzip {
+		minimum_length 1024
+	}
+	header {
+		X-Frame-Options SAMEORIGIN
+		X-Content-Type-Options nosniff
+		Referrer-Policy strict-origin-when-cross-origin
+		Content-Security-Policy "frame-ancestors 'self'"
+		X-Request-ID {http.request.uuid}
+	}
+	reverse_proxy {UP} {
+		lb_policy least_conn
+		header_up X-Real-IP {remote_host}
+		header_up X-Request-ID {http.request.uuid}
+		transport http {
+			keepalive 4s
+			keepalive_idle_conns 256
+			keepalive_idle_conns_per_host 256
+		}
+	}
+}
+`)
+}
+
+// flowgateConf: metrics and access logs on (the defaults), admin off, the
+// cache and quotas do not exist yet.
+func flowgateConf(port, metricsPort int, upURL string) string {
+	return fmt.Sprintf(`server:
+  listen: "127.0.0.1:%d"
+  metrics_listen: "127.0.0.1:%d"
+  admin_listen: ""
+upstreams:
+  - url: %s
+log:
+  level: info
+  access_log: true
+`, port, metricsPort, upURL)
+}
