@@ -197,7 +197,7 @@ func bench(o options) error {
 		if rate == 0 {
 			rate = 3000
 			if n, ok := rep.JSON["nginx"]; ok {
-				rate = int(math.Round(0.3*n.RPS.med/100) * 100)
+				rate = int(math.Round(0.3*n.RPS.Med/100) * 100)
 			}
 		}
 		rep.Rate = rateScenario(ts, rate, o)

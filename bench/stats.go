@@ -26,7 +26,7 @@ func pct(ds []time.Duration, p float64) time.Duration {
 }
 
 // spread is a value measured once per round: its median and range.
-type spread struct{ med, min, max float64 }
+type spread struct{ Med, Min, Max float64 }
 
 func spreadOf(xs []float64) spread {
 	if len(xs) == 0 {
@@ -82,16 +82,16 @@ func fmtUS(us float64) string {
 // fmtSpreadUS: "812 µs (790–850)".
 func fmtSpreadUS(s spread, rounds int) string {
 	if rounds <= 1 {
-		return fmtUS(s.med)
+		return fmtUS(s.Med)
 	}
-	return fmt.Sprintf("%s (%s–%s)", fmtUS(s.med), trimUnit(fmtUS(s.min)), trimUnit(fmtUS(s.max)))
+	return fmt.Sprintf("%s (%s–%s)", fmtUS(s.Med), trimUnit(fmtUS(s.Min)), trimUnit(fmtUS(s.Max)))
 }
 
 func fmtSpreadInt(s spread, rounds int) string {
 	if rounds <= 1 {
-		return fmtInt(s.med)
+		return fmtInt(s.Med)
 	}
-	return fmt.Sprintf("%s (%s–%s)", fmtInt(s.med), fmtInt(s.min), fmtInt(s.max))
+	return fmt.Sprintf("%s (%s–%s)", fmtInt(s.Med), fmtInt(s.Min), fmtInt(s.Max))
 }
 
 func trimUnit(s string) string {
@@ -135,4 +135,15 @@ func (t *table) String() string {
 		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
 	}
 	return b.String()
+}
+
+// MarshalJSON writes NaN (not measured) as null.
+func (s spread) MarshalJSON() ([]byte, error) {
+	f := func(x float64) string {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return "null"
+		}
+		return fmt.Sprintf("%.3f", x)
+	}
+	return []byte(fmt.Sprintf(`{"med":%s,"min":%s,"max":%s}`, f(s.Med), f(s.Min), f(s.Max))), nil
 }

@@ -56,6 +56,10 @@ type Proxy struct {
 	// MaxBodyBytes is the largest request body accepted; larger gets 413.
 	// Default 100MiB (nginx's client_max_body_size in the seed config).
 	MaxBodyBytes ByteSize `yaml:"max_body_bytes"`
+	// MaxBodyInMemory is how much of a request body is held in memory;
+	// the rest of a larger body (file uploads) waits in an unlinked temp
+	// file until it is forwarded. Default 8MiB.
+	MaxBodyInMemory ByteSize `yaml:"max_body_in_memory"`
 	// DialTimeout bounds connecting to an upstream. Default 5s.
 	DialTimeout Duration `yaml:"dial_timeout"`
 	// ResponseHeaderTimeout answers 504 when an upstream sends no response

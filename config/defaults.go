@@ -46,6 +46,7 @@ func Default() Config {
 		Upstreams: []Upstream{{URL: "http://127.0.0.1:3000"}},
 		Proxy: Proxy{
 			MaxBodyBytes:                100 * MiB,
+			MaxBodyInMemory:             8 * MiB,
 			DialTimeout:                 Duration(5 * time.Second),
 			ResponseHeaderTimeout:       Duration(300 * time.Second),
 			StreamResponseHeaderTimeout: Duration(60 * time.Second),

@@ -186,6 +186,9 @@ func (v *validator) proxy() {
 	if p.MaxBodyBytes <= 0 {
 		v.add("proxy.max_body_bytes", "must be greater than 0")
 	}
+	if p.MaxBodyInMemory <= 0 {
+		v.add("proxy.max_body_in_memory", "must be greater than 0")
+	}
 	v.positive("proxy.dial_timeout", p.DialTimeout)
 	v.positive("proxy.response_header_timeout", p.ResponseHeaderTimeout)
 	v.positive("proxy.stream_response_header_timeout", p.StreamResponseHeaderTimeout)

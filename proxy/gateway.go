@@ -5,7 +5,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -56,6 +55,7 @@ type Gateway struct {
 	gzipTypes           []string
 	unhealthyStatus     [600]bool
 	maxBody             int64
+	maxBodyInMemory     int64
 	bodyTimeout         time.Duration
 	headerTimeout       time.Duration
 	streamHeaderTimeout time.Duration
@@ -91,6 +91,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		gzipMin:             int64(p.Gzip.MinSize),
 		gzipTypes:           p.Gzip.ContentTypes,
 		maxBody:             int64(p.MaxBodyBytes),
+		maxBodyInMemory:     int64(p.MaxBodyInMemory),
 		bodyTimeout:         cfg.Server.BodyReadTimeout.D(),
 		headerTimeout:       p.ResponseHeaderTimeout.D(),
 		streamHeaderTimeout: p.StreamResponseHeaderTimeout.D(),
@@ -210,7 +211,8 @@ type reqState struct {
 	acceptGzip  bool
 	isStatic    bool
 	streamReq   bool
-	body        *bytes.Buffer
+	body        *requestBody // nil, or &bodyBuf once a body was read
+	bodyBuf     requestBody
 	bodyLen     int64
 
 	up       *Upstream
@@ -270,14 +272,15 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.acceptGzip = g.gzipOn && acceptsGzip(r.Header.Get("Accept-Encoding"))
 
 	if r.ContentLength > 0 || (r.ContentLength < 0 && r.Body != http.NoBody) {
-		body, berr := readBody(w, r, g.maxBody, g.bodyTimeout)
-		if berr != nil {
+		st.body = &st.bodyBuf
+		if berr := readBody(w, r, st.body, g.maxBody, g.maxBodyInMemory, g.bodyTimeout); berr != nil {
 			writeError(&st.rw, st, berr.status, berr.code, berr.msg)
 			return
 		}
-		st.body, st.bodyLen = body, int64(body.Len())
+		body := st.body
+		st.bodyLen = body.n
 		if st.info.IsFlow() {
-			st.streamReq = asksToStream(body.Bytes())
+			st.streamReq = asksToStream(body.inMemory())
 		}
 	}
 
@@ -329,11 +332,10 @@ func (g *Gateway) forward(r *http.Request, st *reqState) {
 	}()
 
 	req := r.WithContext(context.WithValue(ctx, stateKey{}, st))
-	if st.body != nil {
-		b := st.body.Bytes()
-		req.Body = io.NopCloser(bytes.NewReader(b))
-		req.ContentLength = int64(len(b))
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	if b := st.body; b != nil {
+		req.Body = b.reader()
+		req.ContentLength = b.n
+		req.GetBody = func() (io.ReadCloser, error) { return b.reader(), nil }
 		req.TransferEncoding = nil
 	}
 	g.rp.ServeHTTP(&st.rw, req)
@@ -464,7 +466,7 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 	if g.access != nil {
 		g.logAccess(r, st, d)
 	}
-	putBody(st.body)
+	st.bodyBuf.release()
 	*st = reqState{}
 	g.states.Put(st)
 }

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+var targetLabel = map[string]string{
+	"direct":   "direct to fakeflow (the ceiling)",
+	"nginx":    "nginx",
+	"caddy":    "Caddy",
+	"flowgate": "flowgate (metrics + access log on; quotas: n/a (not built yet); cache off)",
+}
+
+func (rep *report) render(o options) string {
+	var b strings.Builder
+	m := rep.Machine
+	fmt.Fprintf(&b, "\n## flowgate vs nginx vs Caddy (%s)\n\n", m.Date)
+	fmt.Fprintf(&b, "- machine: %s cores, %s, Linux %s\n", m.CPUs, m.CPUModel, m.Kernel)
+	fmt.Fprintf(&b, "- %s; nginx %s; %s; %s\n", m.Go, m.Nginx, strings.TrimSpace(firstField(m.Caddy)), firstWords(m.Wrk, 2))
+	fmt.Fprintf(&b, "- command: `%s` (%s)\n", strings.TrimSpace(rep.Command), rep.Elapsed)
+	fmt.Fprintf(&b, "- upstream: fakeflow, no latency; everything on 127.0.0.1; wrk, the proxy and fakeflow share the %s cores, nothing pinned\n", m.CPUs)
+
+	if rep.JSON != nil {
+		fmt.Fprintf(&b, "\n### JSON prediction throughput\n\n")
+		fmt.Fprintf(&b, "wrk -t%d -c%d, keep-alive, POST %s with `%s`, %s per target per round, %d round(s) in rotating order. "+
+			"Median over rounds, (min–max) when more than one round; ratios are of medians. CPU is user+system time of the proxy "+
+			"process(es) (nginx: master + workers) divided by requests served.\n\n",
+			o.threads, o.conns, predictPath, jsonBody, o.duration, o.rounds)
+		t := &table{head: []string{"target", "req/s", "× nginx", "× direct", "p50", "× nginx", "× direct", "p99", "× nginx", "× direct", "proxy CPU/req", "fakeflow CPU/req", "errors"}}
+		ng, dr := rep.JSON["nginx"], rep.JSON["direct"]
+		med := func(a *jsonAgg, f func(*jsonAgg) spread) float64 {
+			if a == nil {
+				return math.NaN()
+			}
+			return f(a).Med
+		}
+		for _, name := range allTargets {
+			a := rep.JSON[name]
+			if a == nil {
+				continue
+			}
+			rps := func(x *jsonAgg) spread { return x.RPS }
+			p50 := func(x *jsonAgg) spread { return x.P50 }
+			p99 := func(x *jsonAgg) spread { return x.P99 }
+			cpu := fmtUS(a.CPU.Med)
+			if name == "direct" {
+				cpu = "–"
+			}
+			t.add(targetLabel[name],
+				fmtSpreadInt(a.RPS, len(a.Rounds)), ratio(a.RPS.Med, med(ng, rps)), ratio(a.RPS.Med, med(dr, rps)),
+				fmtSpreadUS(a.P50, len(a.Rounds)), ratio(a.P50.Med, med(ng, p50)), ratio(a.P50.Med, med(dr, p50)),
+				fmtSpreadUS(a.P99, len(a.Rounds)), ratio(a.P99.Med, med(ng, p99)), ratio(a.P99.Med, med(dr, p99)),
+				cpu, fmtUS(a.Up.Med), fmt.Sprint(a.Errors))
+		}
+		t.add("flowgate serving cache hits", "pending the cache issue")
+		b.WriteString(t.String())
+	}
+
+	if ra := rep.Rate; ra != nil {
+		fmt.Fprintf(&b, "\n### Added latency at a moderate load\n\n")
+		fmt.Fprintf(&b, "Open loop at a fixed %s req/s (30%% of nginx's median throughput above, rounded) over %d keep-alive connections, "+
+			"%s per target per round; latency from writing the request to reading the whole answer. "+
+			"\"added\" is the target's percentile minus direct's in the same round (median over rounds, min–max). "+
+			"\"late\" counts requests that found no free connection when due.\n\n",
+			fmtInt(float64(ra.Rate)), o.rateConns, o.rateDur)
+		t := &table{head: []string{"target", "p50", "p99", "p99.9", "added p50", "added p99", "errors", "late"}}
+		for _, name := range allTargets {
+			rs := ra.Targets[name]
+			if rs == nil {
+				continue
+			}
+			var p50, p99, p999, a50, a99 []float64
+			var errs, late int64
+			for _, r := range rs {
+				p50, p99, p999 = append(p50, r.P50), append(p99, r.P99), append(p999, r.P999)
+				if !math.IsNaN(r.AddedP99) {
+					a50, a99 = append(a50, r.AddedP50), append(a99, r.AddedP99)
+				}
+				errs += r.Errors
+				late += r.Late
+			}
+			n := len(rs)
+			add50, add99 := "–", "–"
+			if name != "direct" && len(a99) > 0 {
+				add50, add99 = fmtSpreadUS(spreadOf(a50), n), fmtSpreadUS(spreadOf(a99), n)
+			}
+			t.add(targetLabel[name], fmtSpreadUS(spreadOf(p50), n), fmtSpreadUS(spreadOf(p99), n), fmtSpreadUS(spreadOf(p999), n),
+				add50, add99, fmt.Sprint(errs), fmt.Sprint(late))
+		}
+		b.WriteString(t.String())
+	}
+
+	if rep.Stream != nil {
+		fmt.Fprintf(&b, "\n### Streaming (SSE)\n\n")
+		fmt.Fprintf(&b, "%d concurrent streams, each client running %d in a row on one keep-alive connection; %d tokens per stream, %s apart. "+
+			"fakeflow stamps each token frame with its write time (X-Fakeflow-Stamp); delay = read time − stamp, same clock. "+
+			"TTFT = request written to first token read. Added = minus direct in the same round. Median over rounds (min–max).\n\n",
+			o.streams, o.perWorker, o.tokens, o.tokenDelay)
+		t := &table{head: []string{"target", "frame delay p50", "frame delay p99", "added p50", "added p99", "TTFT p50", "TTFT p99", "frames", "errors"}}
+		for _, name := range allTargets {
+			a := rep.Stream[name]
+			if a == nil {
+				continue
+			}
+			var d50, d99, a50, a99, t50, t99 []float64
+			frames, errs := 0, 0
+			first := ""
+			for _, r := range a.Rounds {
+				d50, d99, t50, t99 = append(d50, r.DelayP50), append(d99, r.DelayP99), append(t50, r.TTFTP50), append(t99, r.TTFTP99)
+				if !math.IsNaN(r.AddedP99) {
+					a50, a99 = append(a50, r.AddedP50), append(a99, r.AddedP99)
+				}
+				frames += r.Frames
+				errs += r.Errors
+				if first == "" {
+					first = r.FirstError
+				}
+			}
+			n := len(a.Rounds)
+			add50, add99 := "–", "–"
+			if name != "direct" && len(a99) > 0 {
+				add50, add99 = fmtSpreadUS(spreadOf(a50), n), fmtSpreadUS(spreadOf(a99), n)
+			}
+			e := fmt.Sprint(errs)
+			if first != "" {
+				e += " (" + first + ")"
+			}
+			t.add(targetLabel[name], fmtSpreadUS(spreadOf(d50), n), fmtSpreadUS(spreadOf(d99), n), add50, add99,
+				fmtSpreadUS(spreadOf(t50), n), fmtSpreadUS(spreadOf(t99), n), fmtInt(float64(frames)), e)
+		}
+		b.WriteString(t.String())
+	}
+
+	if rep.Memory != nil {
+		fmt.Fprintf(&b, "\n### Memory per open stream\n\n")
+		fmt.Fprintf(&b, "A fresh proxy, warmed with a few requests; RSS (VmRSS; nginx: master + workers) idle, then holding %d open SSE streams "+
+			"(each has sent its first token and waits a minute for the next); (held − idle) / streams.\n\n", o.memStreams)
+		t := &table{head: []string{"proxy", "idle RSS", "RSS holding streams", "streams open", "per stream"}}
+		for _, name := range allTargets {
+			ma := rep.Memory[name]
+			if ma == nil {
+				continue
+			}
+			per := fmt.Sprintf("%.1f KiB", ma.PerStreamKiB)
+			if ma.Error != "" {
+				per += " (" + ma.Error + ")"
+			}
+			t.add(targetLabel[name], fmt.Sprintf("%.1f MiB", float64(ma.IdleKiB)/1024), fmt.Sprintf("%.1f MiB", float64(ma.HeldKiB)/1024),
+				fmt.Sprintf("%d of %d", ma.Opened, ma.Streams), per)
+		}
+		b.WriteString(t.String())
+	}
+
+	if p := rep.Profile; p != nil {
+		fmt.Fprintf(&b, "\n### Profile of flowgate under wrk load (%s req/s while profiled)\n\n", fmtInt(p.RPS))
+		fmt.Fprintf(&b, "Files: %s, %s\n\n```\n%s```\n\n```\n%s```\n\n```\n%s```\n", p.CPUFile, p.AllocFile, p.TopCum, p.TopFlat, p.AllocTop)
+	}
+	return b.String()
+}
+
+func firstField(s string) string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return "Caddy " + f[0]
+	}
+	return s
+}
+
+func firstWords(s string, n int) string {
+	f := strings.Fields(s)
+	if len(f) > n {
+		f = f[:n]
+	}
+	return strings.Join(f, " ")
+}
