@@ -239,8 +239,11 @@ func (e *env) build() error {
 	if err != nil {
 		return err
 	}
-	e.flowgate = filepath.Join(e.dir, "flowgate")
-	e.fakeflow = filepath.Join(e.dir, "fakeflow")
+	if err := os.MkdirAll(filepath.Join(e.dir, "bin"), 0o755); err != nil {
+		return err
+	}
+	e.flowgate = filepath.Join(e.dir, "bin", "flowgate")
+	e.fakeflow = filepath.Join(e.dir, "bin", "fakeflow")
 	for _, b := range [][2]string{{e.flowgate, "./cmd/flowgate"}, {e.fakeflow, "./cmd/fakeflow"}} {
 		logf("go build -o %s %s", b[0], b[1])
 		cmd := exec.Command("go", "build", "-o", b[0], b[1])
