@@ -79,6 +79,9 @@ func (rw *responseWriter) FlushError() error {
 			return err
 		}
 	}
+	if f, ok := rw.w.(interface{ FlushError() error }); ok {
+		return f.FlushError()
+	}
 	return http.NewResponseController(rw.w).Flush()
 }
 

@@ -30,8 +30,9 @@ func newTransport(dialTimeout time.Duration, idlePerHost int, idleTimeout time.D
 		IdleConnTimeout:       idleTimeout,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
-		WriteBufferSize:       32 << 10,
-		ReadBufferSize:        32 << 10,
+		// Read and write buffers stay at net/http's 4 KiB: each open
+		// stream holds one of each, and bodies larger than the buffer are
+		// read straight into the copy buffer anyway.
 	}
 }
 
@@ -79,12 +80,17 @@ func (c *upstreamConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
+// copyBufferSize is the ReverseProxy copy buffer. An open stream holds one
+// for its whole life, and SSE frames are small, so it is nginx's
+// proxy_buffer_size scale rather than io.Copy's 32 KiB.
+const copyBufferSize = 8 << 10
+
 // bufferPool gives ReverseProxy reusable copy buffers instead of a fresh
-// 32 KiB per response.
+// one per response.
 type bufferPool struct{ p sync.Pool }
 
 func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}}
 }
 
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
