@@ -3,7 +3,7 @@
 //
 //	go run ./bench            # full run, about 6 minutes
 //	go run ./bench -quick     # smoke run: 1 round of 3 s, 500 held streams
-//	go run ./bench -profile   # also a CPU and allocation profile of flowgate under load
+//	go run ./bench -profile   # also CPU, allocation and per-stream heap profiles of flowgate
 //
 // It installs wrk, nginx and caddy from Debian's packages when they are
 // missing (as root), builds flowgate and fakeflow, starts fakeflow with no
@@ -11,8 +11,8 @@
 //
 //   - JSON throughput: wrk, keep-alive, fixed connections, a small
 //     prediction POST; requests/s, p50 and p99 latency, CPU per request;
-//   - moderate load: a fixed rate (30% of nginx's throughput) from an
-//     open-loop client; latency added over the direct ceiling;
+//   - moderate load: fixed rates (30% of the slowest proxy's throughput, and
+//     30% of nginx's) from an open-loop client; latency added over direct;
 //   - streaming: fakeflow stamps each token frame with its write time, the
 //     client notes when it read it: added delay per frame, time to first token;
 //   - memory: RSS of each proxy holding 2,000 open streams, minus idle, per stream.
@@ -60,11 +60,20 @@ type options struct {
 	profile    bool
 	out        string
 	install    bool
+	// Experiments: another flowgate binary, its environment, its access log.
+	flowgateBin       string
+	flowgateEnv       []string
+	flowgateAccessLog bool
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "serve-profiled" {
-		os.Exit(serveProfiled(os.Args[2:]))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "serve-profiled":
+			os.Exit(serveProfiled(os.Args[2:]))
+		case "serve-plain":
+			os.Exit(servePlain(os.Args[2:]))
+		}
 	}
 	os.Exit(run())
 }
@@ -78,8 +87,8 @@ func run() int {
 	flag.IntVar(&o.conns, "conns", 64, "wrk keep-alive connections")
 	flag.IntVar(&o.threads, "threads", 2, "wrk threads")
 	flag.StringVar(&only, "only", "json,rate,stream,memory", "scenarios: json, rate, stream, memory")
-	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "targets: direct, nginx, caddy, flowgate")
-	flag.IntVar(&o.rate, "rate", 0, "requests/s of the moderate-load scenario (0: 30% of nginx's measured throughput, else 3000)")
+	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "targets: direct, nginx, caddy, flowgate, and httputil (a bare httputil.ReverseProxy, for reference)")
+	flag.IntVar(&o.rate, "rate", 0, "requests/s of the moderate-load scenario (0: 30% of the slowest proxy's and 30% of nginx's measured throughput)")
 	flag.DurationVar(&o.rateDur, "rate-duration", 5*time.Second, "moderate-load duration per target per round")
 	flag.IntVar(&o.rateConns, "rate-conns", 32, "moderate-load keep-alive connections")
 	flag.IntVar(&o.streams, "streams", 50, "concurrent streams in the streaming scenario")
@@ -90,7 +99,16 @@ func run() int {
 	flag.BoolVar(&o.profile, "profile", false, "also profile flowgate (CPU, allocations) under wrk load")
 	flag.StringVar(&o.out, "out", "", "directory for configs, logs, raw results and profiles (default: a new temp dir)")
 	flag.BoolVar(&o.install, "install", true, "install missing wrk, nginx, caddy with apt-get (needs root)")
+	var fgEnv string
+	flag.StringVar(&o.flowgateBin, "flowgate", "", "benchmark this flowgate binary instead of building ./cmd/flowgate (for experiments)")
+	flag.StringVar(&fgEnv, "flowgate-env", "", "extra environment for flowgate, comma-separated (e.g. GOGC=400)")
+	flag.BoolVar(&o.flowgateAccessLog, "flowgate-access-log", true, "flowgate's access log (off only for experiments)")
 	flag.Parse()
+	for _, kv := range strings.Split(fgEnv, ",") {
+		if kv = strings.TrimSpace(kv); kv != "" {
+			o.flowgateEnv = append(o.flowgateEnv, kv)
+		}
+	}
 	if o.quick {
 		o.rounds = 1
 		o.duration = 3 * time.Second
@@ -151,9 +169,17 @@ func bench(o options) error {
 	dir, _ = filepath.Abs(dir)
 	logf("output directory %s", dir)
 
-	e := &env{dir: dir}
+	e := &env{dir: dir, flowgateEnv: o.flowgateEnv, flowgateAccessLog: o.flowgateAccessLog}
 	if err := e.build(); err != nil {
 		return err
+	}
+	if o.flowgateBin != "" {
+		bin, err := filepath.Abs(o.flowgateBin)
+		if err != nil {
+			return err
+		}
+		e.flowgate = bin
+		logf("flowgate under test: %s %s", e.flowgate, strings.Join(o.flowgateEnv, " "))
 	}
 	// fakeflow in its fast mode: no latency, no token delay unless a
 	// request asks for one (the streaming scenarios do, by header).
@@ -193,14 +219,9 @@ func bench(o options) error {
 		rep.JSON = jsonScenario(e, ts, o)
 	}
 	if o.only["rate"] {
-		rate := o.rate
-		if rate == 0 {
-			rate = 3000
-			if n, ok := rep.JSON["nginx"]; ok {
-				rate = int(math.Round(0.3*n.RPS.Med/100) * 100)
-			}
+		for _, rate := range moderateRates(o, rep.JSON) {
+			rep.Rate = append(rep.Rate, rateScenario(ts, rate.rps, rate.why, o))
 		}
-		rep.Rate = rateScenario(ts, rate, o)
 	}
 	if o.only["stream"] {
 		rep.Stream = streamScenario(ts, o)
@@ -225,8 +246,12 @@ func bench(o options) error {
 	text := rep.render(o)
 	fmt.Print(text)
 	_ = os.WriteFile(filepath.Join(dir, "results.md"), []byte(text), 0o644)
-	if j, err := json.MarshalIndent(rep, "", "  "); err == nil {
-		_ = os.WriteFile(filepath.Join(dir, "results.json"), j, 0o644)
+	j, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return fmt.Errorf("results.json: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), j, 0o644); err != nil {
+		return err
 	}
 	logf("done in %s; configs, logs and raw results in %s", rep.Elapsed, dir)
 	return nil
@@ -358,6 +383,39 @@ func machineInfo() machine {
 	m.Caddy = first("caddy", "version")
 	m.Wrk = first("wrk", "-v")
 	return m
+}
+
+type rateChoice struct {
+	rps int
+	why string
+}
+
+// moderateRates picks the fixed rates of the added-latency scenario: 30% of
+// the slowest proxy's measured throughput (every proxy well below
+// saturation: the "moderate" load the target is judged at), and 30% of
+// nginx's (a load moderate for nginx).
+func moderateRates(o options, js map[string]*jsonAgg) []rateChoice {
+	if o.rate > 0 {
+		return []rateChoice{{o.rate, "set with -rate"}}
+	}
+	round := func(f float64) int { return int(math.Max(100, math.Round(f/100)*100)) }
+	slowest, slowName := math.Inf(1), ""
+	for name, a := range js {
+		if name != "direct" && a.RPS.Med < slowest {
+			slowest, slowName = a.RPS.Med, name
+		}
+	}
+	var out []rateChoice
+	if slowName != "" {
+		out = append(out, rateChoice{round(0.3 * slowest), "30% of the slowest proxy's throughput (" + slowName + "'s): every proxy under 30% load"})
+	}
+	if n, ok := js["nginx"]; ok && slowName != "nginx" {
+		out = append(out, rateChoice{round(0.3 * n.RPS.Med), "30% of nginx's throughput"})
+	}
+	if len(out) == 0 {
+		out = append(out, rateChoice{2000, "a fixed 2,000 req/s (no throughput measured in this run)"})
+	}
+	return out
 }
 
 // rotate returns ts starting at index r, so each round measures in a

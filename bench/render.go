@@ -11,6 +11,7 @@ var targetLabel = map[string]string{
 	"nginx":    "nginx",
 	"caddy":    "Caddy",
 	"flowgate": "flowgate (metrics + access log on; quotas: n/a (not built yet); cache off)",
+	"httputil": "bare httputil.ReverseProxy (reference floor for a Go proxy)",
 }
 
 func (rep *report) render(o options) string {
@@ -18,7 +19,7 @@ func (rep *report) render(o options) string {
 	m := rep.Machine
 	fmt.Fprintf(&b, "\n## flowgate vs nginx vs Caddy (%s)\n\n", m.Date)
 	fmt.Fprintf(&b, "- machine: %s cores, %s, Linux %s\n", m.CPUs, m.CPUModel, m.Kernel)
-	fmt.Fprintf(&b, "- %s; nginx %s; %s; %s\n", m.Go, m.Nginx, strings.TrimSpace(firstField(m.Caddy)), firstWords(m.Wrk, 2))
+	fmt.Fprintf(&b, "- %s; %s; %s; %s\n", m.Go, m.Nginx, strings.TrimSpace(firstField(m.Caddy)), firstWords(m.Wrk, 2))
 	fmt.Fprintf(&b, "- command: `%s` (%s)\n", strings.TrimSpace(rep.Command), rep.Elapsed)
 	fmt.Fprintf(&b, "- upstream: fakeflow, no latency; everything on 127.0.0.1; wrk, the proxy and fakeflow share the %s cores, nothing pinned\n", m.CPUs)
 
@@ -36,7 +37,7 @@ func (rep *report) render(o options) string {
 			}
 			return f(a).Med
 		}
-		for _, name := range allTargets {
+		for _, name := range knownTargets {
 			a := rep.JSON[name]
 			if a == nil {
 				continue
@@ -58,15 +59,15 @@ func (rep *report) render(o options) string {
 		b.WriteString(t.String())
 	}
 
-	if ra := rep.Rate; ra != nil {
-		fmt.Fprintf(&b, "\n### Added latency at a moderate load\n\n")
-		fmt.Fprintf(&b, "Open loop at a fixed %s req/s (30%% of nginx's median throughput above, rounded) over %d keep-alive connections, "+
+	for _, ra := range rep.Rate {
+		fmt.Fprintf(&b, "\n### Added latency at a fixed %s req/s\n\n", fmtInt(float64(ra.Rate)))
+		fmt.Fprintf(&b, "Open loop at %s req/s (%s) over %d keep-alive connections, "+
 			"%s per target per round; latency from writing the request to reading the whole answer. "+
 			"\"added\" is the target's percentile minus direct's in the same round (median over rounds, min–max). "+
 			"\"late\" counts requests that found no free connection when due.\n\n",
-			fmtInt(float64(ra.Rate)), o.rateConns, o.rateDur)
+			fmtInt(float64(ra.Rate)), ra.Why, o.rateConns, o.rateDur)
 		t := &table{head: []string{"target", "p50", "p99", "p99.9", "added p50", "added p99", "errors", "late"}}
-		for _, name := range allTargets {
+		for _, name := range knownTargets {
 			rs := ra.Targets[name]
 			if rs == nil {
 				continue
@@ -75,8 +76,8 @@ func (rep *report) render(o options) string {
 			var errs, late int64
 			for _, r := range rs {
 				p50, p99, p999 = append(p50, r.P50), append(p99, r.P99), append(p999, r.P999)
-				if !math.IsNaN(r.AddedP99) {
-					a50, a99 = append(a50, r.AddedP50), append(a99, r.AddedP99)
+				if !math.IsNaN(float64(r.AddedP99)) {
+					a50, a99 = append(a50, float64(r.AddedP50)), append(a99, float64(r.AddedP99))
 				}
 				errs += r.Errors
 				late += r.Late
@@ -99,7 +100,7 @@ func (rep *report) render(o options) string {
 			"TTFT = request written to first token read. Added = minus direct in the same round. Median over rounds (min–max).\n\n",
 			o.streams, o.perWorker, o.tokens, o.tokenDelay)
 		t := &table{head: []string{"target", "frame delay p50", "frame delay p99", "added p50", "added p99", "TTFT p50", "TTFT p99", "frames", "errors"}}
-		for _, name := range allTargets {
+		for _, name := range knownTargets {
 			a := rep.Stream[name]
 			if a == nil {
 				continue
@@ -109,8 +110,8 @@ func (rep *report) render(o options) string {
 			first := ""
 			for _, r := range a.Rounds {
 				d50, d99, t50, t99 = append(d50, r.DelayP50), append(d99, r.DelayP99), append(t50, r.TTFTP50), append(t99, r.TTFTP99)
-				if !math.IsNaN(r.AddedP99) {
-					a50, a99 = append(a50, r.AddedP50), append(a99, r.AddedP99)
+				if !math.IsNaN(float64(r.AddedP99)) {
+					a50, a99 = append(a50, float64(r.AddedP50)), append(a99, float64(r.AddedP99))
 				}
 				frames += r.Frames
 				errs += r.Errors
@@ -138,7 +139,7 @@ func (rep *report) render(o options) string {
 		fmt.Fprintf(&b, "A fresh proxy, warmed with a few requests; RSS (VmRSS; nginx: master + workers) idle, then holding %d open SSE streams "+
 			"(each has sent its first token and waits a minute for the next); (held − idle) / streams.\n\n", o.memStreams)
 		t := &table{head: []string{"proxy", "idle RSS", "RSS holding streams", "streams open", "per stream"}}
-		for _, name := range allTargets {
+		for _, name := range knownTargets {
 			ma := rep.Memory[name]
 			if ma == nil {
 				continue
@@ -155,7 +156,10 @@ func (rep *report) render(o options) string {
 
 	if p := rep.Profile; p != nil {
 		fmt.Fprintf(&b, "\n### Profile of flowgate under wrk load (%s req/s while profiled)\n\n", fmtInt(p.RPS))
-		fmt.Fprintf(&b, "Files: %s, %s\n\n```\n%s```\n\n```\n%s```\n\n```\n%s```\n", p.CPUFile, p.AllocFile, p.TopCum, p.TopFlat, p.AllocTop)
+		fmt.Fprintf(&b, "Files: %s, %s, %s\n\n", p.CPUFile, p.AllocFile, p.HeapFile)
+		fmt.Fprintf(&b, "CPU, cumulative:\n\n```\n%s```\n\nCPU, flat:\n\n```\n%s```\n\nAllocated bytes over the run:\n\n```\n%s```\n\n", p.TopCum, p.TopFlat, p.AllocTop)
+		fmt.Fprintf(&b, "Heap in use holding %d open streams (process RSS %.1f MiB; %s):\n\n```\n%s\n%s```\n",
+			p.HeapStreams, float64(p.HeldRSSKiB)/1024, p.Goroutines, p.MemStats, p.HeapTop)
 	}
 	return b.String()
 }

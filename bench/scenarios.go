@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -16,7 +18,7 @@ type report struct {
 	Started time.Time
 	Elapsed string
 	JSON    map[string]*jsonAgg   `json:",omitempty"`
-	Rate    *rateAgg              `json:",omitempty"`
+	Rate    []*rateAgg            `json:",omitempty"`
 	Stream  map[string]*streamAgg `json:",omitempty"`
 	Memory  map[string]*memAgg    `json:",omitempty"`
 	Profile *profileOut           `json:",omitempty"`
@@ -25,12 +27,11 @@ type report struct {
 // ---- JSON throughput ------------------------------------------------------
 
 type jsonRound struct {
-	Round     int
-	Wrk       wrkOut
-	CPUus     float64 // proxy CPU per request; NaN for direct
-	UpCPUus   float64 // fakeflow CPU per request
-	RPS       float64
-	SpentCPUs float64 `json:"-"`
+	Round   int
+	Wrk     wrkOut
+	CPUus   f64     // proxy CPU per request; NaN (null) for direct
+	UpCPUus float64 // fakeflow CPU per request
+	RPS     float64
 }
 
 type jsonAgg struct {
@@ -58,10 +59,10 @@ func jsonScenario(e *env, ts []*target, o options) map[string]*jsonAgg {
 				logf("%s round %d: %v", t.name, r+1, err)
 				continue
 			}
-			jr := jsonRound{Round: r + 1, Wrk: w, RPS: w.rps(), CPUus: math.NaN()}
+			jr := jsonRound{Round: r + 1, Wrk: w, RPS: w.rps(), CPUus: nan}
 			if w.Requests > 0 {
 				if t.p != nil {
-					jr.CPUus = us(t.p.cpuTime()-cpu0) / float64(w.Requests)
+					jr.CPUus = f64(us(t.p.cpuTime()-cpu0) / float64(w.Requests))
 				}
 				jr.UpCPUus = us(e.up.cpuTime()-up0) / float64(w.Requests)
 			}
@@ -73,7 +74,7 @@ func jsonScenario(e *env, ts []*target, o options) map[string]*jsonAgg {
 			a.Rounds = append(a.Rounds, jr)
 			a.Errors += w.errors()
 			logf("  %-8s round %d: %s req/s  p50 %s  p99 %s  proxy CPU %s/req  errors %d",
-				t.name, r+1, fmtInt(jr.RPS), fmtUS(w.P50), fmtUS(w.P99), fmtUS(jr.CPUus), w.errors())
+				t.name, r+1, fmtInt(jr.RPS), fmtUS(w.P50), fmtUS(w.P99), fmtUS(float64(jr.CPUus)), w.errors())
 		}
 	}
 	for _, a := range agg {
@@ -82,8 +83,8 @@ func jsonScenario(e *env, ts []*target, o options) map[string]*jsonAgg {
 			rps = append(rps, r.RPS)
 			p50 = append(p50, r.Wrk.P50)
 			p99 = append(p99, r.Wrk.P99)
-			if !math.IsNaN(r.CPUus) {
-				cpu = append(cpu, r.CPUus)
+			if !math.IsNaN(float64(r.CPUus)) {
+				cpu = append(cpu, float64(r.CPUus))
 			}
 			up = append(up, r.UpCPUus)
 		}
@@ -99,17 +100,18 @@ type rateRound struct {
 	Sent, OK, Errors    int64
 	Late                int64
 	P50, P90, P99, P999 float64 // µs
-	AddedP50, AddedP99  float64 // over direct in the same round, µs
+	AddedP50, AddedP99  f64     // over direct in the same round, µs; NaN (null) without direct
 }
 
 type rateAgg struct {
 	Rate    int
+	Why     string
 	Targets map[string][]rateRound
 }
 
-func rateScenario(ts []*target, rate int, o options) *rateAgg {
-	logf("moderate load: %d req/s open loop over %d connections, %s per target, %d rounds", rate, o.rateConns, o.rateDur, o.rounds)
-	ra := &rateAgg{Rate: rate, Targets: map[string][]rateRound{}}
+func rateScenario(ts []*target, rate int, why string, o options) *rateAgg {
+	logf("fixed-rate load: %d req/s (%s), open loop over %d connections, %s per target, %d rounds", rate, why, o.rateConns, o.rateDur, o.rounds)
+	ra := &rateAgg{Rate: rate, Why: why, Targets: map[string][]rateRound{}}
 	for r := 0; r < o.rounds; r++ {
 		got := map[string]*rateRound{}
 		for _, t := range rotate(ts, r) {
@@ -121,14 +123,14 @@ func rateScenario(ts []*target, rate int, o options) *rateAgg {
 			}
 			rr := &rateRound{Round: r + 1, Sent: out.Sent, OK: out.OK, Errors: out.Errors, Late: out.Late,
 				P50: us(pct(out.Lat, 50)), P90: us(pct(out.Lat, 90)), P99: us(pct(out.Lat, 99)), P999: us(pct(out.Lat, 99.9)),
-				AddedP50: math.NaN(), AddedP99: math.NaN()}
+				AddedP50: nan, AddedP99: nan}
 			got[t.name] = rr
 			logf("  %-8s round %d: p50 %s  p99 %s  p99.9 %s  (%d ok, %d errors, %d late)",
 				t.name, r+1, fmtUS(rr.P50), fmtUS(rr.P99), fmtUS(rr.P999), rr.OK, rr.Errors, rr.Late)
 		}
 		for name, rr := range got {
 			if d, ok := got["direct"]; ok {
-				rr.AddedP50, rr.AddedP99 = rr.P50-d.P50, rr.P99-d.P99
+				rr.AddedP50, rr.AddedP99 = f64(rr.P50-d.P50), f64(rr.P99-d.P99)
 			}
 			ra.Targets[name] = append(ra.Targets[name], *rr)
 		}
@@ -144,7 +146,7 @@ type streamRound struct {
 	FirstError                       string `json:",omitempty"`
 	DelayP50, DelayP99, DelayP999    float64
 	TTFTP50, TTFTP99                 float64
-	AddedP50, AddedP99, AddedTTFTP50 float64
+	AddedP50, AddedP99, AddedTTFTP50 f64 // NaN (null) without direct
 }
 
 type streamAgg struct {
@@ -162,14 +164,14 @@ func streamScenario(ts []*target, o options) map[string]*streamAgg {
 			sr := &streamRound{Round: r + 1, Frames: len(out.Delay), Streams: out.Streams, Errors: out.Errors, FirstError: out.FirstErr,
 				DelayP50: us(pct(out.Delay, 50)), DelayP99: us(pct(out.Delay, 99)), DelayP999: us(pct(out.Delay, 99.9)),
 				TTFTP50: us(pct(out.TTFT, 50)), TTFTP99: us(pct(out.TTFT, 99)),
-				AddedP50: math.NaN(), AddedP99: math.NaN(), AddedTTFTP50: math.NaN()}
+				AddedP50: nan, AddedP99: nan, AddedTTFTP50: nan}
 			got[t.name] = sr
 			logf("  %-8s round %d: frame delay p50 %s p99 %s  TTFT p50 %s p99 %s  (%d streams, %d errors %s)",
 				t.name, r+1, fmtUS(sr.DelayP50), fmtUS(sr.DelayP99), fmtUS(sr.TTFTP50), fmtUS(sr.TTFTP99), sr.Streams, sr.Errors, sr.FirstError)
 		}
 		for name, sr := range got {
 			if d, ok := got["direct"]; ok {
-				sr.AddedP50, sr.AddedP99, sr.AddedTTFTP50 = sr.DelayP50-d.DelayP50, sr.DelayP99-d.DelayP99, sr.TTFTP50-d.TTFTP50
+				sr.AddedP50, sr.AddedP99, sr.AddedTTFTP50 = f64(sr.DelayP50-d.DelayP50), f64(sr.DelayP99-d.DelayP99), f64(sr.TTFTP50-d.TTFTP50)
 			}
 			if agg[name] == nil {
 				agg[name] = &streamAgg{}
@@ -243,6 +245,13 @@ type profileOut struct {
 	TopCum    string
 	TopFlat   string
 	AllocTop  string
+	// Heap in use while holding streams, by allocation site.
+	HeapFile    string
+	HeapStreams int
+	HeapTop     string
+	MemStats    string // runtime.MemStats lines while holding the streams
+	Goroutines  string
+	HeldRSSKiB  int64
 }
 
 func profileScenario(e *env, o options) (*profileOut, error) {
@@ -254,11 +263,11 @@ func profileScenario(e *env, o options) (*profileOut, error) {
 	mport, _ := freePort()
 	pport, _ := freePort()
 	conf := filepath.Join(dir, "flowgate.yaml")
-	if err := os.WriteFile(conf, []byte(flowgateConf(port, mport, e.upURL)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(flowgateConf(port, mport, e.upURL, e.flowgateAccessLog)), 0o644); err != nil {
 		return nil, err
 	}
 	p, err := startProc("flowgate-profiled", e.self, []string{"serve-profiled", "-config", conf, "-pprof", fmt.Sprintf("127.0.0.1:%d", pport)},
-		nil, filepath.Join(dir, "access.log"), false)
+		e.flowgateEnv, filepath.Join(dir, "access.log"), false)
 	if err != nil {
 		return nil, err
 	}
@@ -307,5 +316,37 @@ func profileScenario(e *env, o options) (*profileOut, error) {
 	po.TopCum = pp("-top", "-cum", "-nodecount=45", po.CPUFile)
 	po.TopFlat = pp("-top", "-nodecount=30", po.CPUFile)
 	po.AllocTop = pp("-top", "-sample_index=alloc_space", "-nodecount=25", po.AllocFile)
+
+	// What an open stream holds: the in-use heap with streams open.
+	closeAll, opened, err := holdStreams(url, o.memStreams, time.Minute)
+	defer closeAll()
+	if err != nil {
+		logf("profile: holding streams: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	po.HeapFile, po.HeapStreams = filepath.Join(dir, "heap-streams.pprof"), opened
+	if err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?gc=1", pport), po.HeapFile, 10*time.Second); err != nil {
+		return po, err
+	}
+	po.HeapTop = pp("-top", "-sample_index=inuse_space", "-nodecount=25", po.HeapFile)
+	txt := filepath.Join(dir, "heap-streams.txt")
+	if err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap?debug=1", pport), txt, 10*time.Second); err == nil {
+		b, _ := os.ReadFile(txt)
+		for _, l := range strings.Split(string(b), "\n") {
+			for _, k := range []string{"# HeapAlloc", "# HeapSys", "# HeapInuse", "# HeapIdle", "# HeapReleased", "# Stack", "# Sys", "# NumGC"} {
+				if strings.HasPrefix(l, k+" ") {
+					po.MemStats += l + "\n"
+				}
+			}
+		}
+	}
+	gtxt := filepath.Join(dir, "goroutines-streams.txt")
+	if err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=1", pport), gtxt, 10*time.Second); err == nil {
+		b, _ := os.ReadFile(gtxt)
+		if i := bytes.IndexByte(b, '\n'); i > 0 {
+			po.Goroutines = string(b[:i])
+		}
+	}
+	po.HeldRSSKiB = p.rssKiB()
 	return po, nil
 }

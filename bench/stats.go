@@ -147,3 +147,16 @@ func (s spread) MarshalJSON() ([]byte, error) {
 	}
 	return []byte(fmt.Sprintf(`{"med":%s,"min":%s,"max":%s}`, f(s.Med), f(s.Min), f(s.Max))), nil
 }
+
+// f64 is a float64 that is written to JSON as null when NaN (not measured),
+// which encoding/json refuses otherwise.
+type f64 float64
+
+var nan = f64(math.NaN())
+
+func (x f64) MarshalJSON() ([]byte, error) {
+	if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+		return []byte("null"), nil
+	}
+	return []byte(fmt.Sprintf("%.3f", float64(x))), nil
+}

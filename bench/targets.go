@@ -31,9 +31,15 @@ type env struct {
 	up       *proc  // fakeflow
 	upURL    string
 	upAddr   string
+
+	flowgateEnv       []string
+	flowgateAccessLog bool
 }
 
 var allTargets = []string{"direct", "nginx", "caddy", "flowgate"}
+
+// knownTargets are the rows a table may have, in order.
+var knownTargets = []string{"direct", "nginx", "caddy", "flowgate", "httputil"}
 
 // startTarget starts a fresh proxy of the given kind in front of e.upAddr.
 // tag keeps file names apart when one kind is started more than once.
@@ -73,12 +79,15 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(conf, []byte(flowgateConf(port, mport, e.upURL)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(flowgateConf(port, mport, e.upURL, e.flowgateAccessLog)), 0o644); err != nil {
 			return nil, err
 		}
 		// stdout carries the JSON access log: it goes to a file on disk,
 		// like nginx's and Caddy's.
-		p, err = startProc(kind, e.flowgate, []string{"-config", conf}, nil, filepath.Join(dir, "access.log"), false)
+		p, err = startProc(kind, e.flowgate, []string{"-config", conf}, e.flowgateEnv, filepath.Join(dir, "access.log"), false)
+	case "httputil":
+		p, err = startProc(kind, e.self, []string{"serve-plain", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-upstream", e.upURL},
+			nil, filepath.Join(dir, "stdout.log"), false)
 	default:
 		return nil, fmt.Errorf("unknown target %q", kind)
 	}
@@ -106,7 +115,6 @@ func nginxConf(dir string, port int, upAddr string) string {
 	}
 	return strings.NewReplacer("{DIR}", dir, "{PORT}", fmt.Sprint(port), "{UP}", upAddr, "{USER}", user).Replace(`{USER}
 worker_processes auto;
-worker_rlimit_nofile 65535;
 daemon off;
 pid {DIR}/nginx.pid;
 error_log {DIR}/error.log warn;
@@ -228,7 +236,7 @@ http://:{PORT} {
 
 // flowgateConf: metrics and access logs on (the defaults), admin off, the
 // cache and quotas do not exist yet.
-func flowgateConf(port, metricsPort int, upURL string) string {
+func flowgateConf(port, metricsPort int, upURL string, accessLog bool) string {
 	return fmt.Sprintf(`server:
   listen: "127.0.0.1:%d"
   metrics_listen: "127.0.0.1:%d"
@@ -237,6 +245,6 @@ upstreams:
   - url: %s
 log:
   level: info
-  access_log: true
-`, port, metricsPort, upURL)
+  access_log: %v
+`, port, metricsPort, upURL, accessLog)
 }
