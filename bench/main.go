@@ -69,8 +69,6 @@ type options struct {
 func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
-		case "serve-profiled":
-			os.Exit(serveProfiled(os.Args[2:]))
 		case "serve-plain":
 			os.Exit(servePlain(os.Args[2:]))
 		}

@@ -266,7 +266,7 @@ func profileScenario(e *env, o options) (*profileOut, error) {
 	if err := os.WriteFile(conf, []byte(flowgateConf(port, mport, e.upURL, e.flowgateAccessLog)), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := startProc("flowgate-profiled", e.self, []string{"serve-profiled", "-config", conf, "-pprof", fmt.Sprintf("127.0.0.1:%d", pport)},
+	p, err := startProc("flowgate-profiled", e.flowgate, []string{"-config", conf, "-pprof", fmt.Sprintf("127.0.0.1:%d", pport)},
 		e.flowgateEnv, filepath.Join(dir, "access.log"), false)
 	if err != nil {
 		return nil, err
@@ -280,7 +280,7 @@ func profileScenario(e *env, o options) (*profileOut, error) {
 	if d < 5*time.Second {
 		d = 5 * time.Second
 	}
-	logf("profile: flowgate (pprof build of the same wiring) under wrk -c%d for %s", o.conns, d)
+	logf("profile: flowgate -pprof under wrk -c%d for %s", o.conns, d)
 	_, _ = runWrk(context.Background(), e.dir, url, o.threads, o.conns, time.Second)
 	type res struct {
 		w   wrkOut

@@ -27,7 +27,7 @@ type env struct {
 	dir      string // configs, logs, raw results
 	flowgate string // binary
 	fakeflow string // binary
-	self     string // this program, for the profiled gateway variant
+	self     string // this program, for the plain httputil reference target
 	up       *proc  // fakeflow
 	upURL    string
 	upAddr   string

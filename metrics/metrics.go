@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,21 @@ type Metrics struct {
 	retries          prometheus.Counter
 	streamsCut       *prometheus.CounterVec
 	reg              prometheus.Registerer
+
+	// series caches the request counter and histogram per label set:
+	// WithLabelValues hashes its labels on every call, and the label sets
+	// are few (closed route, method and code sets).
+	series sync.Map // seriesKey -> *requestSeries
+}
+
+type seriesKey struct {
+	route, method string
+	code          int
+}
+
+type requestSeries struct {
+	count    prometheus.Counter
+	duration prometheus.Observer
 }
 
 // New creates the collectors and registers them on reg.
@@ -78,8 +94,17 @@ func (m *Metrics) UpstreamGauges(name string, inflight func() float64, healthy f
 
 // ObserveRequest records one answered request.
 func (m *Metrics) ObserveRequest(route, method string, code int, d time.Duration) {
-	m.requests.WithLabelValues(route, normMethod(method), codeString(code)).Inc()
-	m.duration.WithLabelValues(route).Observe(d.Seconds())
+	k := seriesKey{route, normMethod(method), code}
+	v, ok := m.series.Load(k)
+	if !ok {
+		v, _ = m.series.LoadOrStore(k, &requestSeries{
+			count:    m.requests.WithLabelValues(k.route, k.method, codeString(code)),
+			duration: m.duration.WithLabelValues(route),
+		})
+	}
+	s := v.(*requestSeries)
+	s.count.Inc()
+	s.duration.Observe(d.Seconds())
 }
 
 // UpstreamFailure counts a failed attempt.

@@ -2,56 +2,86 @@ package proxy
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
-
-	"go.uber.org/zap"
+	"unicode/utf8"
 )
 
 // logAccess writes one JSON line per request: the fields of nginx's "main"
 // log format (remote_addr, remote_user, request, status, body_bytes_sent,
 // http_referer, http_user_agent, http_x_forwarded_for) plus what a gateway
-// adds. time comes from the logger's own timestamp.
-func (g *Gateway) logAccess(r *http.Request, st *reqState, d time.Duration) {
-	upstream := ""
+// adds. The line has the shape of the zap lines around it (level, time,
+// logger, msg) but is appended by hand into a pooled buffer: through zap
+// it cost 6-7% of the proxy's CPU and 11% of its allocated bytes
+// (BENCHMARKS.md). One Write per line, so a shared writer keeps lines whole.
+func (g *Gateway) logAccess(r *http.Request, st *reqState, end time.Time, d time.Duration) {
+	bp := linePool.Get().(*[]byte)
+	b := (*bp)[:0]
+	b = append(b, `{"level":"info","time":"`...)
+	b = end.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","logger":"access","msg":"request","remote_addr":"`...)
+	b = st.peer.AppendTo(b)
+	b = append(b, `","remote_user":`...)
+	b = appendJSONString(b, remoteUser(r))
+	b = append(b, `,"request":`...)
+	b = appendJSONString3(b, r.Method, r.RequestURI, r.Proto)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(st.status), 10)
+	b = append(b, `,"body_bytes_sent":`...)
+	b = strconv.AppendInt(b, st.rw.bytes, 10)
+	b = append(b, `,"http_referer":`...)
+	b = appendJSONString(b, r.Header.Get("Referer"))
+	b = append(b, `,"http_user_agent":`...)
+	b = appendJSONString(b, r.Header.Get("User-Agent"))
+	b = append(b, `,"http_x_forwarded_for":`...)
+	b = appendJSONString(b, r.Header.Get("X-Forwarded-For"))
+	b = append(b, `,"request_length":`...)
+	b = strconv.AppendInt(b, st.bodyLen, 10)
+	b = append(b, `,"request_time":`...)
+	b = strconv.AppendFloat(b, d.Seconds(), 'f', 6, 64)
+	b = append(b, `,"upstream":`...)
 	if st.up != nil {
-		upstream = st.up.Name
+		b = appendJSONString(b, st.up.Name)
+	} else {
+		b = append(b, `""`...)
 	}
-	fields := make([]zap.Field, 0, 20)
-	fields = append(fields,
-		zap.String("remote_addr", st.peer.String()),
-		zap.String("remote_user", remoteUser(r)),
-		zap.String("request", r.Method+" "+r.RequestURI+" "+r.Proto),
-		zap.Int("status", st.status),
-		zap.Int64("body_bytes_sent", st.rw.bytes),
-		zap.String("http_referer", r.Header.Get("Referer")),
-		zap.String("http_user_agent", r.Header.Get("User-Agent")),
-		zap.String("http_x_forwarded_for", r.Header.Get("X-Forwarded-For")),
-		zap.Int64("request_length", st.bodyLen),
-		zap.Float64("request_time", d.Seconds()),
-		zap.String("upstream", upstream),
-		zap.Int("upstream_status", st.upstreamStatus),
-		zap.Int("attempts", st.attempts),
-		zap.String("request_id", st.id),
-		zap.String("route", st.info.Route),
-	)
+	b = append(b, `,"upstream_status":`...)
+	b = strconv.AppendInt(b, int64(st.upstreamStatus), 10)
+	b = append(b, `,"attempts":`...)
+	b = strconv.AppendInt(b, int64(st.attempts), 10)
+	b = append(b, `,"request_id":`...)
+	b = appendJSONString(b, st.id)
+	b = append(b, `,"route":`...)
+	b = appendJSONString(b, st.info.Route)
 	if st.info.WorkflowID != "" {
-		fields = append(fields, zap.String("workflow_id", st.info.WorkflowID))
+		b = append(b, `,"workflow_id":`...)
+		b = appendJSONString(b, st.info.WorkflowID)
 	}
 	if st.sse {
-		fields = append(fields, zap.Bool("stream", true))
+		b = append(b, `,"stream":true`...)
 	}
 	if st.errCode != "" {
-		fields = append(fields, zap.String("error", st.errCode))
+		b = append(b, `,"error":`...)
+		b = appendJSONString(b, st.errCode)
 	}
 	if st.cut != "" {
-		fields = append(fields, zap.String("cut", st.cut))
+		b = append(b, `,"cut":`...)
+		b = appendJSONString(b, st.cut)
 	}
-	g.access.Info("request", fields...)
+	b = append(b, "}\n"...)
+	_, _ = g.access.Write(b)
+	if cap(b) <= 16<<10 {
+		*bp = b
+		linePool.Put(bp)
+	}
 }
 
-// remoteUser is nginx's $remote_user: the Basic auth user name, or "-"-less
-// empty when there is none. The password is never decoded into the log.
+var linePool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// remoteUser is nginx's $remote_user: the Basic auth user name, or empty.
+// The password is never decoded into the log.
 func remoteUser(r *http.Request) string {
 	a := r.Header.Get("Authorization")
 	if !strings.HasPrefix(a, "Basic ") {
@@ -62,4 +92,62 @@ func remoteUser(r *http.Request) string {
 		return ""
 	}
 	return u
+}
+
+// appendJSONString3 appends the JSON string "a m c" without concatenating.
+func appendJSONString3(b []byte, a, m, c string) []byte {
+	b = append(b, '"')
+	b = appendEscaped(b, a)
+	b = append(b, ' ')
+	b = appendEscaped(b, m)
+	b = append(b, ' ')
+	b = appendEscaped(b, c)
+	return append(b, '"')
+}
+
+func appendJSONString(b []byte, s string) []byte {
+	return append(appendEscaped(append(b, '"'), s), '"')
+}
+
+// appendEscaped appends s escaped for a JSON string. Client-supplied values
+// (user agent, URI) may hold quotes, control bytes or invalid UTF-8; each
+// is escaped so a line is always valid JSON and cannot be forged into two.
+func appendEscaped(b []byte, s string) []byte {
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c >= utf8.RuneSelf {
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				b = append(b, s[start:i]...)
+				b = append(b, `\ufffd`...)
+				i++
+				start = i
+				continue
+			}
+			i += size
+			continue
+		}
+		b = append(b, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			b = append(b, '\\', c)
+		case '\n':
+			b = append(b, '\\', 'n')
+		case '\r':
+			b = append(b, '\\', 'r')
+		case '\t':
+			b = append(b, '\\', 't')
+		default:
+			b = append(b, `\u00`...)
+			b = append(b, hexDigits[c>>4], hexDigits[c&0xf])
+		}
+		i++
+		start = i
+	}
+	return append(b, s[start:]...)
 }

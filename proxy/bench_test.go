@@ -41,7 +41,7 @@ func benchGateway(b *testing.B, upstream string, accessLog bool) *proxy.Gateway 
 	enc.TimeKey = "time"
 	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(io.Discard), zap.InfoLevel))
-	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: metrics.New(prometheus.NewRegistry())})
+	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: metrics.New(prometheus.NewRegistry()), AccessLog: io.Discard})
 	if err != nil {
 		b.Fatal(err)
 	}

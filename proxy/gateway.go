@@ -5,6 +5,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -27,6 +28,9 @@ import (
 type Options struct {
 	Logger  *zap.Logger      // required
 	Metrics *metrics.Metrics // required
+	// AccessLog receives one JSON line per request, one Write per line, so
+	// it must be safe for concurrent use. nil turns access logging off.
+	AccessLog io.Writer
 	// IntN breaks balancer ties; nil means math/rand/v2.IntN. Tests inject
 	// a deterministic one.
 	IntN func(n int) int
@@ -37,7 +41,7 @@ type Options struct {
 type Gateway struct {
 	cfg     config.Config
 	log     *zap.Logger
-	access  *zap.Logger // nil when access logging is off
+	access  io.Writer // nil when access logging is off
 	metrics *metrics.Metrics
 
 	ups []*Upstream
@@ -46,7 +50,7 @@ type Gateway struct {
 
 	// Read-only after New: the config digested for the hot path.
 	trustedNets         []netip.Prefix
-	secHeaders          [][2]string
+	secHeaders          []secHeader
 	staticExt           map[string]struct{}
 	staticCC            string
 	preserveHost        bool
@@ -100,10 +104,10 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		healthCh:            make(chan struct{}),
 	}
 	if cfg.Log.AccessLogOn() {
-		g.access = o.Logger.Named("access")
+		g.access = o.AccessLog
 	}
 	for k, v := range p.EffectiveSecurityHeaders() {
-		g.secHeaders = append(g.secHeaders, [2]string{http.CanonicalHeaderKey(k), v})
+		g.secHeaders = append(g.secHeaders, secHeader{http.CanonicalHeaderKey(k), []string{v}})
 	}
 	for _, e := range p.StaticExtensions {
 		g.staticExt[strings.ToLower(strings.TrimPrefix(e, "."))] = struct{}{}
@@ -355,9 +359,17 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 	} else {
 		pr.Out.Host = ""
 	}
-	// The body is already complete in memory: waiting for a 100 from the
-	// upstream would only add a round trip.
+	// The body is already complete: waiting for a 100 from the upstream
+	// would only add a round trip.
 	pr.Out.Header.Del("Expect")
+	if b := st.body; b != nil {
+		if m := b.inMemory(); m != nil {
+			// ReverseProxy hides the body's type behind its own wrapper;
+			// handing net/http a bytes.Reader again lets it send headers
+			// and body in one write.
+			pr.Out.Body = io.NopCloser(bytes.NewReader(m))
+		}
+	}
 	g.setForwarded(pr, st)
 }
 
@@ -450,7 +462,8 @@ func (g *Gateway) errorHandler(_ http.ResponseWriter, r *http.Request, err error
 // release.
 func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 	st.rw.finish()
-	d := time.Since(start)
+	end := time.Now()
+	d := end.Sub(start)
 	if st.status == 0 {
 		st.status = st.rw.status
 		if st.status == 0 {
@@ -464,7 +477,7 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 	}
 	g.metrics.ObserveRequest(st.info.Route, r.Method, st.status, d)
 	if g.access != nil {
-		g.logAccess(r, st, d)
+		g.logAccess(r, st, end, d)
 	}
 	st.bodyBuf.release()
 	*st = reqState{}

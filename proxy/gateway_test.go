@@ -119,12 +119,11 @@ func TestKilledUpstreamLosesOnlyRequestsThatReachedIt(t *testing.T) {
 	for _, id := range failedIDs {
 		failed[id] = true
 	}
-	for _, e := range g.logs.FilterMessage("request").All() {
-		f := e.ContextMap()
+	for _, f := range g.access.all() {
 		if !failed[f["request_id"].(string)] {
 			continue
 		}
-		if f["error"] != "upstream_error" || f["upstream"] != vu.Name || f["status"] != int64(502) {
+		if f["error"] != "upstream_error" || f["upstream"] != vu.Name || f["status"] != float64(502) {
 			t.Errorf("request %v failed other than on an established connection to the victim: %v", f["request_id"], f)
 		}
 	}

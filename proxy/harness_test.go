@@ -3,10 +3,12 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +18,6 @@ import (
 	"github.com/flowgate/flowgate/proxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -27,45 +28,43 @@ var predictPath = "/api/v1/prediction/" + flowID
 // gw is a gateway under test, served on a real loopback socket.
 type gw struct {
 	*proxy.Gateway
-	URL  string
-	srv  *httptest.Server
-	logs *observer.ObservedLogs
-	reg  *prometheus.Registry
-	// accessLines receives every access log line as it is written, so tests
-	// wait on the log instead of sleeping.
-	accessLines chan map[string]any
+	URL    string
+	srv    *httptest.Server
+	logs   *observer.ObservedLogs
+	reg    *prometheus.Registry
+	access *lineWriter
 }
 
-// notifyCore passes entries to the observer and announces access lines.
-type notifyCore struct {
-	zapcore.Core
-	ch chan map[string]any
+// lineWriter is the access log under test: it parses each line (proving
+// it is valid JSON), keeps it, and announces it so tests wait on the log
+// instead of sleeping.
+type lineWriter struct {
+	t     *testing.T
+	mu    sync.Mutex
+	lines []map[string]any
+	ch    chan map[string]any
 }
 
-func (c notifyCore) With(f []zapcore.Field) zapcore.Core {
-	return notifyCore{c.Core.With(f), c.ch}
-}
-
-func (c notifyCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(e.Level) {
-		return ce.AddCore(e, c)
+func (w *lineWriter) Write(p []byte) (int, error) {
+	var m map[string]any
+	if err := json.Unmarshal(p, &m); err != nil || p[len(p)-1] != '\n' {
+		w.t.Errorf("access log line is not one JSON line: %v: %q", err, p)
+		return len(p), nil
 	}
-	return ce
+	w.mu.Lock()
+	w.lines = append(w.lines, m)
+	w.mu.Unlock()
+	select {
+	case w.ch <- m:
+	default:
+	}
+	return len(p), nil
 }
 
-func (c notifyCore) Write(e zapcore.Entry, f []zapcore.Field) error {
-	err := c.Core.Write(e, f)
-	if e.Message == "request" {
-		enc := zapcore.NewMapObjectEncoder()
-		for _, x := range f {
-			x.AddTo(enc)
-		}
-		select {
-		case c.ch <- enc.Fields:
-		default:
-		}
-	}
-	return err
+func (w *lineWriter) all() []map[string]any {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]map[string]any(nil), w.lines...)
 }
 
 // newGW starts a gateway in front of upstreams. Health checks run fast so
@@ -86,9 +85,9 @@ func newGW(t *testing.T, upstreams []string, mutate func(*config.Config)) *gw {
 		t.Fatalf("config: %v", err)
 	}
 	core, logs := observer.New(zap.DebugLevel)
-	lines := make(chan map[string]any, 10000)
+	access := &lineWriter{t: t, ch: make(chan map[string]any, 10000)}
 	reg := prometheus.NewRegistry()
-	g, err := proxy.New(cfg, proxy.Options{Logger: zap.New(notifyCore{core, lines}), Metrics: metrics.New(reg)})
+	g, err := proxy.New(cfg, proxy.Options{Logger: zap.New(core), Metrics: metrics.New(reg), AccessLog: access})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +97,7 @@ func newGW(t *testing.T, upstreams []string, mutate func(*config.Config)) *gw {
 		srv.Close()
 		g.Close()
 	})
-	return &gw{Gateway: g, URL: srv.URL, srv: srv, logs: logs, reg: reg, accessLines: lines}
+	return &gw{Gateway: g, URL: srv.URL, srv: srv, logs: logs, reg: reg, access: access}
 }
 
 func startFlow(t *testing.T, o fakeflow.Options) *fakeflow.Instance {
@@ -169,7 +168,7 @@ func readFrames(body io.Reader, each func(frame)) error {
 func (g *gw) nextAccessLine(t *testing.T) map[string]any {
 	t.Helper()
 	select {
-	case l := <-g.accessLines:
+	case l := <-g.access.ch:
 		return l
 	case <-time.After(5 * time.Second):
 		t.Fatal("no access log line")

@@ -98,11 +98,18 @@ func (g *Gateway) setForwarded(pr *httputil.ProxyRequest, st *reqState) {
 	out.Header.Set("X-Request-Id", st.id)
 }
 
+type secHeader struct {
+	key string
+	// value is shared by every response: a slice with len == cap, so an
+	// Add on one response copies rather than writes into it.
+	value []string
+}
+
 // securityHeaders adds the configured headers a response lacks.
 func (g *Gateway) securityHeaders(h http.Header) {
-	for _, kv := range g.secHeaders {
-		if _, ok := h[kv[0]]; !ok {
-			h[kv[0]] = []string{kv[1]}
+	for _, sh := range g.secHeaders {
+		if _, ok := h[sh.key]; !ok {
+			h[sh.key] = sh.value
 		}
 	}
 }

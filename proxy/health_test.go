@@ -76,7 +76,7 @@ func TestAccessLogLine(t *testing.T) {
 	readAll(t, resp)
 	line := g.nextAccessLine(t)
 	want := map[string]any{
-		"remote_addr": "127.0.0.1", "request": "POST " + predictPath + " HTTP/1.1", "status": int64(200),
+		"remote_addr": "127.0.0.1", "request": "POST " + predictPath + " HTTP/1.1", "status": float64(200),
 		"http_user_agent": "t/1", "request_id": "abc-1", "workflow_id": flowID,
 		"route": "/api/v1/prediction/{id}", "upstream": strings.TrimPrefix(ff.URL(), "http://"),
 	}

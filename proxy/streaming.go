@@ -5,24 +5,22 @@ import (
 	"context"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // isEventStream reports whether a response is SSE. Flowise decides to
 // stream per flow, whatever the client asked, so only the response's
-// Content-Type tells.
+// Content-Type tells. A prefix test: parsing the media type of every JSON
+// answer cost two allocations a request.
 func isEventStream(h http.Header) bool {
+	const sse = "text/event-stream"
 	ct := h.Get("Content-Type")
-	if len(ct) < len("text/event-stream") {
+	if len(ct) < len(sse) || !strings.EqualFold(ct[:len(sse)], sse) {
 		return false
 	}
-	if ct[:len("text/event-stream")] == "text/event-stream" {
-		return true
-	}
-	mt, _, _ := mime.ParseMediaType(ct)
-	return mt == "text/event-stream"
+	return len(ct) == len(sse) || ct[len(sse)] == ';' || ct[len(sse)] == ' '
 }
 
 // upstreamBody wraps an upstream response body on its way to the client. It

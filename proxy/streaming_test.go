@@ -187,7 +187,7 @@ func TestClientLeavingMidStream(t *testing.T) {
 	}
 	resp.Body.Close()
 	line := g.nextAccessLine(t)
-	if line["status"] != int64(499) {
+	if line["status"] != float64(499) {
 		t.Fatalf("status %v, want 499: %v", line["status"], line)
 	}
 	if !g.Upstreams()[0].Healthy(time.Now()) {

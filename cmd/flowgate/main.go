@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime"
@@ -72,6 +73,8 @@ Flags:
   -admin-listen ADDR    admin API (default 127.0.0.1:9091)
   -demo                 start an embedded Flowise stand-in (fakeflow) and
                         proxy to it, to see flowgate work without Flowise
+  -pprof ADDR           serve net/http/pprof on ADDR (off by default; bind
+                        it to loopback: profiles reveal request data)
 `)
 }
 
@@ -84,6 +87,7 @@ type serveFlags struct {
 	config, listen, metricsListen, adminListen string
 	upstreams                                  multiFlag
 	demo                                       bool
+	pprof                                      string
 }
 
 func cmdServe(args []string, stdout, stderr io.Writer) int {
@@ -97,6 +101,7 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.adminListen, "admin-listen", "", "")
 	fs.Var(&f.upstreams, "upstream", "")
 	fs.BoolVar(&f.demo, "demo", false, "")
+	fs.StringVar(&f.pprof, "pprof", "", "")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -125,13 +130,26 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "flowgate: %v\n", err)
 		return 2
 	}
-	log, err := newLogger(cfg.Log.Level, stdout)
+	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(stdout), Size: 256 << 10, FlushInterval: time.Second}
+	log, err := newLogger(cfg.Log.Level, out)
 	if err != nil {
 		fmt.Fprintf(stderr, "flowgate: %v\n", err)
 		return 2
 	}
 	defer log.Sync()
-	if err := serve(cfg, log, demo); err != nil {
+	if os.Getenv("GOGC") == "" {
+		// The proxy's live heap is small and its garbage rate high, so the
+		// default GOGC=100 collects every few ms under load: a fifth of the
+		// CPU in the profile (BENCHMARKS.md). GOGC env still wins.
+		debug.SetGCPercent(gcPercent)
+	}
+	if f.pprof != "" {
+		if err := servePprof(f.pprof); err != nil {
+			log.Error("pprof listener", zap.Error(err))
+			return 1
+		}
+	}
+	if err := serve(cfg, log, out, demo); err != nil {
 		log.Error("flowgate stopped", zap.Error(err))
 		return 1
 	}
@@ -156,7 +174,13 @@ func loadConfig(f serveFlags, set map[string]bool) (config.Config, error) {
 	return config.LoadWith(f.config, config.LoadOptions{Overrides: o})
 }
 
-func newLogger(level string, out io.Writer) (*zap.Logger, error) {
+// gcPercent is flowgate's GOGC unless the environment sets one.
+const gcPercent = 400
+
+// newLogger writes JSON lines to out, which the access log shares. out is
+// buffered: a write syscall per line would cost more than the line itself;
+// Sync at exit flushes the tail.
+func newLogger(level string, out zapcore.WriteSyncer) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("log.level: %w", err)
@@ -164,17 +188,14 @@ func newLogger(level string, out io.Writer) (*zap.Logger, error) {
 	enc := zap.NewProductionEncoderConfig()
 	enc.TimeKey = "time"
 	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
-	// Buffered: one write syscall per line would cost more than the rest of
-	// the log line; Sync at exit flushes the tail.
-	ws := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(out), Size: 256 << 10, FlushInterval: time.Second}
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), ws, lvl)
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), out, lvl)
 	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(os.Stderr))), nil
 }
 
-func serve(cfg config.Config, log *zap.Logger, demo *fakeflow.Instance) error {
+func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakeflow.Instance) error {
 	reg := newRegistry()
 	m := metrics.New(reg)
-	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m})
+	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, AccessLog: accessLog})
 	if err != nil {
 		return err
 	}
@@ -254,6 +275,23 @@ func serve(cfg config.Config, log *zap.Logger, demo *fakeflow.Instance) error {
 		s.Close()
 	}
 	log.Info("flowgate stopped")
+	return nil
+}
+
+// servePprof exposes the runtime profiles on their own listener, never on
+// the proxy or metrics ports.
+func servePprof(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	go http.Serve(ln, mux)
 	return nil
 }
 
