@@ -146,7 +146,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 	g.lb = newLeastConn(g.ups, o.IntN)
 	g.rp = &httputil.ReverseProxy{
 		Rewrite:        g.rewrite,
-		Transport:      newTransport(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream, p.IdleConnTimeout.D()),
+		Transport:      newUpstreamClient(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream, p.IdleConnTimeout.D()),
 		BufferPool:     newBufferPool(),
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.errorHandler,
@@ -174,7 +174,7 @@ func (g *Gateway) Close() {
 	if g.probeClient != nil {
 		g.probeClient.CloseIdleConnections()
 	}
-	if t, ok := g.rp.Transport.(*http.Transport); ok {
+	if t, ok := g.rp.Transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
 	}
 }

@@ -15,9 +15,7 @@ import (
 func (g *Gateway) activeChecks(ctx context.Context) {
 	hc := g.cfg.Health.Active
 	client := &http.Client{
-		// A transport of its own: probes must not queue behind, or
-		// steal connections from, real traffic.
-		Transport: newTransport(hc.Timeout.D(), 1, g.cfg.Proxy.IdleConnTimeout.D()),
+		Transport: newProbeTransport(hc.Timeout.D(), g.cfg.Proxy.IdleConnTimeout.D()),
 		Timeout:   hc.Timeout.D(),
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse

@@ -1,0 +1,368 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"net/url"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// upstreamClient is the RoundTripper under ReverseProxy. It speaks
+// HTTP/1.1 to the flow servers over pooled keep-alive connections, and the
+// request's own goroutine writes the request and reads the answer.
+//
+// net/http's Transport runs two goroutines per connection and hands every
+// request and response between them over channels; in the profile those
+// loops were 27% of the proxy's CPU, and their stacks a quarter of the
+// memory an open stream holds (BENCHMARKS.md). Framing (chunked bodies,
+// trailers, 1xx, upgrades) is still net/http's: Request.Write and
+// ReadResponse.
+//
+// Retry safety: a pooled connection is reused only after a non-blocking
+// peek shows the upstream has neither closed it nor sent anything unasked
+// (Node, which runs Flowise, closes idle connections after 5 s). A
+// connection that fails the peek, or a write that fails before its first
+// byte, is replaced by a fresh one transparently: the request never
+// reached the upstream. A dial failure surfaces as a *net.OpError with Op
+// "dial", which the gateway retries on another upstream.
+type upstreamClient struct {
+	dialer      *net.Dialer
+	maxIdle     int           // idle connections kept per upstream
+	idleTimeout time.Duration // an idle connection older than this is closed
+
+	mu      sync.Mutex
+	idle    map[string][]*upstreamConn // by scheme://host:port, most recent last
+	janitor *time.Timer                // armed while any connection is idle
+	closed  bool
+}
+
+func newUpstreamClient(dialTimeout time.Duration, maxIdle int, idleTimeout time.Duration) *upstreamClient {
+	return &upstreamClient{
+		dialer:      &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second},
+		maxIdle:     maxIdle,
+		idleTimeout: idleTimeout,
+		idle:        map[string][]*upstreamConn{},
+	}
+}
+
+// errStaleConn: the pooled connection was unusable; nothing was sent on it.
+var errStaleConn = errors.New("pooled upstream connection was closed")
+
+func (c *upstreamClient) RoundTrip(req *http.Request) (*http.Response, error) {
+	key := req.URL.Scheme + "://" + req.URL.Host
+	// Only pooled connections can be stale, and each is dropped when found
+	// so, so this ends: at the latest with a fresh dial.
+	for {
+		uc, err := c.get(req.Context(), key, req.URL)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := uc.roundTrip(c, req)
+		if err == nil || !errors.Is(err, errStaleConn) {
+			return resp, err
+		}
+		if req.Body != nil && req.Body != http.NoBody {
+			if req.GetBody == nil {
+				return nil, err
+			}
+			if req.Body, err = req.GetBody(); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// get pops the most recently used idle connection (the least likely to
+// have been closed) or dials a new one.
+func (c *upstreamClient) get(ctx context.Context, key string, u *url.URL) (*upstreamConn, error) {
+	c.mu.Lock()
+	if s := c.idle[key]; len(s) > 0 {
+		uc := s[len(s)-1]
+		s[len(s)-1] = nil
+		c.idle[key] = s[:len(s)-1]
+		c.mu.Unlock()
+		uc.reused = true
+		return uc, nil
+	}
+	c.mu.Unlock()
+	return c.dial(ctx, key, u)
+}
+
+func (c *upstreamClient) dial(ctx context.Context, key string, u *url.URL) (*upstreamConn, error) {
+	addr := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		addr = net.JoinHostPort(u.Hostname(), port)
+	}
+	conn, err := c.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	uc := &upstreamConn{key: key, conn: conn, br: bufio.NewReaderSize(conn, 4<<10)}
+	if sc, ok := conn.(syscall.Conn); ok {
+		uc.raw, _ = sc.SyscallConn()
+	}
+	if u.Scheme == "https" {
+		tc := tls.Client(conn, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		uc.conn = tc
+		uc.raw = nil // TLS records: a raw peek cannot tell data from a close_notify
+		uc.br.Reset(tc)
+	}
+	return uc, nil
+}
+
+// put returns a connection whose answer was read to the end.
+func (c *upstreamClient) put(uc *upstreamConn) {
+	uc.idleSince = time.Now()
+	c.mu.Lock()
+	if c.closed || len(c.idle[uc.key]) >= c.maxIdle {
+		c.mu.Unlock()
+		uc.conn.Close()
+		return
+	}
+	c.idle[uc.key] = append(c.idle[uc.key], uc)
+	if c.janitor == nil {
+		c.janitor = time.AfterFunc(c.idleTimeout, c.prune)
+	}
+	c.mu.Unlock()
+}
+
+// prune closes connections idle longer than idleTimeout, and re-arms while
+// any remain, so an upstream that got no traffic holds no sockets.
+func (c *upstreamClient) prune() {
+	now := time.Now()
+	var stale []*upstreamConn
+	next := time.Duration(-1)
+	c.mu.Lock()
+	for k, s := range c.idle {
+		i := 0
+		for i < len(s) && now.Sub(s[i].idleSince) >= c.idleTimeout {
+			stale = append(stale, s[i])
+			i++
+		}
+		s = append(s[:0], s[i:]...)
+		c.idle[k] = s
+		if len(s) > 0 {
+			if left := c.idleTimeout - now.Sub(s[0].idleSince); next < 0 || left < next {
+				next = left
+			}
+		}
+	}
+	if next >= 0 && !c.closed {
+		c.janitor.Reset(next)
+	} else {
+		c.janitor = nil
+	}
+	c.mu.Unlock()
+	for _, uc := range stale {
+		uc.conn.Close()
+	}
+}
+
+// CloseIdleConnections closes every pooled connection and stops pooling.
+func (c *upstreamClient) CloseIdleConnections() {
+	c.mu.Lock()
+	c.closed = true
+	all := c.idle
+	c.idle = map[string][]*upstreamConn{}
+	if c.janitor != nil {
+		c.janitor.Stop()
+		c.janitor = nil
+	}
+	c.mu.Unlock()
+	for _, s := range all {
+		for _, uc := range s {
+			uc.conn.Close()
+		}
+	}
+}
+
+// upstreamConn is one keep-alive connection to an upstream.
+type upstreamConn struct {
+	key       string
+	conn      net.Conn
+	raw       syscall.RawConn // for the liveness peek; nil over TLS
+	br        *bufio.Reader
+	reused    bool
+	idleSince time.Time
+}
+
+// sentCounter counts what reached the connection, to tell a write that
+// failed before its first byte (safe to send elsewhere) from one that did not.
+type sentCounter struct {
+	w io.Writer
+	n int64
+}
+
+func (cw *sentCounter) Write(p []byte) (int, error) {
+	n, err := cw.w.Write(p)
+	cw.n += int64(n)
+	return n, err
+}
+
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+
+// aLongTimeAgo is a deadline in the past: it fails blocked I/O at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.Response, error) {
+	if uc.reused && (uc.br.Buffered() > 0 || (uc.raw != nil && peerClosed(uc.raw))) {
+		uc.conn.Close()
+		return nil, errStaleConn
+	}
+	ctx := req.Context()
+	if err := ctx.Err(); err != nil {
+		c.put(uc)
+		return nil, err
+	}
+	// A cancelled request (client gone, first-byte or idle timeout) fails
+	// the blocked read or write at once; stopped before the connection
+	// goes back to the pool.
+	stop := context.AfterFunc(ctx, func() { uc.conn.SetDeadline(aLongTimeAgo) })
+
+	cw := sentCounter{w: uc.conn}
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(&cw)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writerPool.Put(bw)
+	if err != nil {
+		stop()
+		uc.conn.Close()
+		if cw.n == 0 && uc.reused && ctx.Err() == nil {
+			return nil, errors.Join(errStaleConn, err)
+		}
+		return nil, ctxErr(ctx, err)
+	}
+
+	trace := httptrace.ContextClientTrace(ctx)
+	for {
+		resp, err := http.ReadResponse(uc.br, req)
+		if err != nil {
+			stop()
+			uc.conn.Close()
+			return nil, ctxErr(ctx, err)
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			// 103 Early Hints and friends: ReverseProxy forwards them
+			// through this hook; the real answer follows.
+			if trace != nil && trace.Got1xxResponse != nil {
+				if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+					stop()
+					uc.conn.Close()
+					return nil, err
+				}
+			}
+			continue
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// ReverseProxy needs a read-write body to splice the upgraded
+			// connection; it lives until either side closes.
+			resp.Body = &upgradedConn{uc: uc, stop: stop}
+			return resp, nil
+		}
+		reusable := !resp.Close && !req.Close
+		if resp.Body == http.NoBody {
+			uc.release(c, stop, reusable)
+			return resp, nil
+		}
+		resp.Body = &pooledBody{rc: resp.Body, uc: uc, c: c, stop: stop, reusable: reusable}
+		return resp, nil
+	}
+}
+
+// release ends a response: the connection goes back to the pool when it
+// may carry another request, else it is closed.
+func (uc *upstreamConn) release(c *upstreamClient, stop func() bool, reusable bool) {
+	// stop fails when cancellation already began: the connection's
+	// deadline is poisoned, so it must not carry another request.
+	if stop() && reusable && uc.br.Buffered() == 0 {
+		c.put(uc)
+		return
+	}
+	uc.conn.Close()
+}
+
+// ctxErr prefers the context's error when cancellation caused the failure,
+// so the gateway reports a timeout or a client that left, not an I/O error.
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// pooledBody returns its connection to the pool once read to the end.
+type pooledBody struct {
+	rc       io.ReadCloser
+	uc       *upstreamConn
+	c        *upstreamClient
+	stop     func() bool
+	reusable bool
+	done     bool
+}
+
+func (b *pooledBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.done = true
+		b.uc.release(b.c, b.stop, b.reusable)
+	} else if err != nil {
+		b.done = true
+		b.stop()
+		b.uc.conn.Close()
+	}
+	return n, err
+}
+
+func (b *pooledBody) Close() error {
+	if !b.done {
+		// Unread bytes are still on the wire: the connection cannot be
+		// reused without reading them, and they may never end (a stream).
+		b.done = true
+		b.stop()
+		b.uc.conn.Close()
+	}
+	return nil
+}
+
+// upgradedConn is the body of a 101 answer: the raw connection, with what
+// the reader had already buffered read first.
+type upgradedConn struct {
+	uc   *upstreamConn
+	stop func() bool
+	once sync.Once
+}
+
+func (u *upgradedConn) Read(p []byte) (int, error)  { return u.uc.br.Read(p) }
+func (u *upgradedConn) Write(p []byte) (int, error) { return u.uc.conn.Write(p) }
+func (u *upgradedConn) Close() error {
+	var err error
+	u.once.Do(func() {
+		u.stop()
+		err = u.uc.conn.Close()
+	})
+	return err
+}

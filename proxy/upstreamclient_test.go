@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// connServer counts the connections an upstream accepted and announces
+// each one that closes.
+func connServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int64, chan struct{}) {
+	var opened atomic.Int64
+	closed := make(chan struct{}, 100)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed <- struct{}{}
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, &opened, closed
+}
+
+func get(t *testing.T, c *upstreamClient, url string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader("body"))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("body")), nil }
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("round trip: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, string(b)
+}
+
+func TestUpstreamClientReusesAndReplacesStaleConnections(t *testing.T) {
+	var served atomic.Int64
+	srv, opened, _ := connServer(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		served.Add(1)
+		w.Write(b)
+	})
+	c := newUpstreamClient(time.Second, 4, time.Minute)
+	defer c.CloseIdleConnections()
+	for range 3 {
+		if _, body := get(t, c, srv.URL); body != "body" {
+			t.Fatalf("echo %q", body)
+		}
+	}
+	if n := opened.Load(); n != 1 {
+		t.Fatalf("3 sequential requests opened %d connections, want 1", n)
+	}
+	// The upstream drops the idle connection (Node does after 5 s).
+	srv.CloseClientConnections()
+	c.mu.Lock()
+	pooled := c.idle["http://"+strings.TrimPrefix(srv.URL, "http://")][0]
+	c.mu.Unlock()
+	deadline := time.Now().Add(2 * time.Second)
+	for !peerClosed(pooled.raw) {
+		if time.Now().After(deadline) {
+			t.Fatal("close never seen")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, body := get(t, c, srv.URL); body != "body" {
+		t.Fatalf("after the upstream closed the pooled connection: %q", body)
+	}
+	if n := opened.Load(); n != 2 {
+		t.Fatalf("opened %d connections, want a fresh second one", n)
+	}
+	if n := served.Load(); n != 4 {
+		t.Fatalf("upstream served %d requests, want 4 (none lost, none twice)", n)
+	}
+}
+
+func TestUpstreamClientClosesWhatItCannotReuse(t *testing.T) {
+	srv, opened, closed := connServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/close" {
+			w.Header().Set("Connection", "close")
+		}
+		w.Write([]byte(strings.Repeat("x", 64<<10)))
+	})
+	c := newUpstreamClient(time.Second, 4, time.Minute)
+	defer c.CloseIdleConnections()
+
+	// An answer abandoned half-read: its rest is still on the wire.
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/big", nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Read(make([]byte, 10))
+	resp.Body.Close()
+	<-closed
+	// An answer that says Connection: close.
+	get(t, c, srv.URL+"/close")
+	<-closed
+	get(t, c, srv.URL+"/ok")
+	if n := opened.Load(); n != 3 {
+		t.Fatalf("opened %d connections, want 3", n)
+	}
+}
+
+func TestUpstreamClientPrunesIdleConnections(t *testing.T) {
+	srv, _, closed := connServer(t, func(w http.ResponseWriter, r *http.Request) {})
+	c := newUpstreamClient(time.Second, 4, 50*time.Millisecond)
+	defer c.CloseIdleConnections()
+	get(t, c, srv.URL)
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("idle connection never closed")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, s := range c.idle {
+		if len(s) != 0 {
+			t.Fatalf("pool %s still holds %d connections", k, len(s))
+		}
+	}
+}
