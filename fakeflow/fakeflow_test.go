@@ -1178,27 +1178,6 @@ func TestAppendJSNumber(t *testing.T) {
 	}
 }
 
-func TestAppendJSONString(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"hi", `"hi"`},
-		{`a"b\c`, `"a\"b\\c"`},
-		{"<&>", `"<&>"`},
-		{"\u2028\u00e9\U0001F600", "\"\u2028\u00e9\U0001F600\""},
-		{"\n\r\t\b\f\x01\x1f\x7f", `"\n\r\t\b\f\u0001\u001f` + "\x7f\""},
-		{"bad\xffutf8", "\"bad\ufffdutf8\""},
-	}
-	for _, tc := range cases {
-		got := string(appendJSONString(nil, tc.in))
-		if got != tc.want {
-			t.Errorf("appendJSONString(%q) = %s, want %s", tc.in, got, tc.want)
-		}
-		var back string
-		if err := json.Unmarshal([]byte(got), &back); err != nil {
-			t.Errorf("%s is not valid JSON: %v", got, err)
-		}
-	}
-}
-
 func TestIsUUID(t *testing.T) {
 	for s, want := range map[string]bool{
 		flowUUID:                               true,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/flowgate/flowgate/internal/jsonx"
 	"io"
 	"net/http"
 	"strconv"
@@ -422,13 +423,13 @@ func (a *answer) appendChatJSON(b []byte) []byte {
 	b = append(b, `{"text":`...)
 	b = appendText(b, a.tokens)
 	b = append(b, `,"question":`...)
-	b = appendJSONString(b, a.question)
+	b = jsonx.AppendString(b, a.question)
 	b = append(b, `,"chatId":`...)
-	b = appendJSONString(b, a.chatID)
+	b = jsonx.AppendString(b, a.chatID)
 	b = append(b, `,"chatMessageId":"`...)
 	b = appendUUID(b, &a.msgID)
 	b = append(b, `","isStreamValid":false,"sessionId":`...)
-	b = appendJSONString(b, a.sessionID)
+	b = jsonx.AppendString(b, a.sessionID)
 	return append(b, `,"memoryType":"Buffer Memory"}`...)
 }
 
@@ -436,9 +437,9 @@ func (a *answer) appendAgentJSON(b []byte) []byte {
 	b = append(b, `{"text":`...)
 	b = appendText(b, a.tokens)
 	b = append(b, `,"question":`...)
-	b = appendJSONString(b, a.question)
+	b = jsonx.AppendString(b, a.question)
 	b = append(b, `,"chatId":`...)
-	b = appendJSONString(b, a.chatID)
+	b = jsonx.AppendString(b, a.chatID)
 	b = append(b, `,"chatMessageId":"`...)
 	b = appendUUID(b, &a.msgID)
 	b = append(b, `","executionId":"`...)
@@ -448,20 +449,20 @@ func (a *answer) appendAgentJSON(b []byte) []byte {
 	b = append(b, ',')
 	b = a.appendLLMNode(b, false, time.Now())
 	b = append(b, `],"sessionId":`...)
-	b = appendJSONString(b, a.sessionID)
+	b = jsonx.AppendString(b, a.sessionID)
 	return append(b, '}')
 }
 
 // appendMetadata appends the data of the metadata event.
 func (a *answer) appendMetadata(b []byte) []byte {
 	b = append(b, `{"chatId":`...)
-	b = appendJSONString(b, a.chatID)
+	b = jsonx.AppendString(b, a.chatID)
 	b = append(b, `,"chatMessageId":"`...)
 	b = appendUUID(b, &a.msgID)
 	b = append(b, `","question":`...)
-	b = appendJSONString(b, a.question)
+	b = jsonx.AppendString(b, a.question)
 	b = append(b, `,"sessionId":`...)
-	b = appendJSONString(b, a.sessionID)
+	b = jsonx.AppendString(b, a.sessionID)
 	if a.agent {
 		return append(b, '}')
 	}
@@ -476,7 +477,7 @@ func (a *answer) appendStartInput(b []byte) []byte {
 		return append(b, '}')
 	}
 	b = append(b, `{"question":`...)
-	b = appendJSONString(b, a.question)
+	b = jsonx.AppendString(b, a.question)
 	return append(b, '}')
 }
 
@@ -519,7 +520,7 @@ func (a *answer) appendUsageEvent(b []byte) []byte {
 func (a *answer) appendLLMNode(b []byte, stream bool, end time.Time) []byte {
 	in, out := a.usage()
 	b = append(b, `{"nodeId":"llmAgentflow_0","nodeLabel":"Translator","data":{"id":"llmAgentflow_0","name":"llmAgentflow","input":{"messages":[{"role":"user","content":`...)
-	b = appendJSONString(b, a.question)
+	b = jsonx.AppendString(b, a.question)
 	b = append(b, `}],"llmModel":"chatOpenAI","llmEnableMemory":false,"llmReturnResponseAs":"userMessage","llmModelConfig":{"credential":"",`...)
 	if stream {
 		// Flowise's streamed copy carries the resolved credential id.
@@ -554,7 +555,7 @@ func (a *answer) appendLLMNode(b []byte, stream bool, end time.Time) []byte {
 	b = append(b, `,"total_tokens":`...)
 	b = strconv.AppendInt(b, int64(in+out), 10)
 	b = append(b, `},"finish_reason":"stop","system_fingerprint":"fp_fake","model_name":"gpt-4o-mini"}},"state":{},"chatHistory":[{"role":"user","content":`...)
-	b = appendJSONString(b, a.question)
+	b = jsonx.AppendString(b, a.question)
 	b = append(b, `},{"role":"user","content":`...)
 	b = appendText(b, a.tokens)
 	return append(b, `,"name":"translator"}]},"previousNodeIds":["startAgentflow_0"],"status":"FINISHED"}`...)
@@ -665,7 +666,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, bp *[]byte, a *a
 		}
 		if fail {
 			b = appendFrameHead(b[:0], "error")
-			b = appendJSONString(b, msgFailure)
+			b = jsonx.AppendString(b, msgFailure)
 			b = appendFrameTail(b)
 			_ = sw.write(frameLLMNodeErr) && sw.write(frameAgentError) && sw.write(b) && sw.write(frameEnd)
 			return
@@ -695,7 +696,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, bp *[]byte, a *a
 		}
 		if fail {
 			b = appendFrameHead(b[:0], "error")
-			b = appendJSONString(b, msgFailure)
+			b = jsonx.AppendString(b, msgFailure)
 			b = appendFrameTail(b)
 			_ = sw.write(b) && sw.write(frameEnd)
 			return

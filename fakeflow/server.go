@@ -1,6 +1,7 @@
 package fakeflow
 
 import (
+	"github.com/flowgate/flowgate/internal/jsonx"
 	"html"
 	"math/rand/v2"
 	"net/http"
@@ -299,7 +300,7 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	b := append(*bp, `{"statusCode":`...)
 	b = strconv.AppendInt(b, int64(code), 10)
 	b = append(b, `,"success":false,"message":`...)
-	b = appendJSONString(b, msg)
+	b = jsonx.AppendString(b, msg)
 	b = append(b, `,"stack":{}}`...)
 	*bp = b
 	writeJSON(w, code, b)

@@ -6,7 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
+
+	"github.com/flowgate/flowgate/internal/jsonx"
 )
 
 // logAccess writes one JSON line per request: the fields of nginx's "main"
@@ -24,7 +25,7 @@ func (g *Gateway) logAccess(r *http.Request, st *reqState, end time.Time, d time
 	b = append(b, `","logger":"access","msg":"request","remote_addr":"`...)
 	b = st.peer.AppendTo(b)
 	b = append(b, `","remote_user":`...)
-	b = appendJSONString(b, remoteUser(r))
+	b = jsonx.AppendString(b, remoteUser(r))
 	b = append(b, `,"request":`...)
 	b = appendJSONString3(b, r.Method, r.RequestURI, r.Proto)
 	b = append(b, `,"status":`...)
@@ -32,18 +33,18 @@ func (g *Gateway) logAccess(r *http.Request, st *reqState, end time.Time, d time
 	b = append(b, `,"body_bytes_sent":`...)
 	b = strconv.AppendInt(b, st.rw.bytes, 10)
 	b = append(b, `,"http_referer":`...)
-	b = appendJSONString(b, r.Header.Get("Referer"))
+	b = jsonx.AppendString(b, r.Header.Get("Referer"))
 	b = append(b, `,"http_user_agent":`...)
-	b = appendJSONString(b, r.Header.Get("User-Agent"))
+	b = jsonx.AppendString(b, r.Header.Get("User-Agent"))
 	b = append(b, `,"http_x_forwarded_for":`...)
-	b = appendJSONString(b, r.Header.Get("X-Forwarded-For"))
+	b = jsonx.AppendString(b, r.Header.Get("X-Forwarded-For"))
 	b = append(b, `,"request_length":`...)
 	b = strconv.AppendInt(b, st.bodyLen, 10)
 	b = append(b, `,"request_time":`...)
 	b = strconv.AppendFloat(b, d.Seconds(), 'f', 6, 64)
 	b = append(b, `,"upstream":`...)
 	if st.up != nil {
-		b = appendJSONString(b, st.up.Name)
+		b = jsonx.AppendString(b, st.up.Name)
 	} else {
 		b = append(b, `""`...)
 	}
@@ -52,23 +53,23 @@ func (g *Gateway) logAccess(r *http.Request, st *reqState, end time.Time, d time
 	b = append(b, `,"attempts":`...)
 	b = strconv.AppendInt(b, int64(st.attempts), 10)
 	b = append(b, `,"request_id":`...)
-	b = appendJSONString(b, st.id)
+	b = jsonx.AppendString(b, st.id)
 	b = append(b, `,"route":`...)
-	b = appendJSONString(b, st.info.Route)
+	b = jsonx.AppendString(b, st.info.Route)
 	if st.info.WorkflowID != "" {
 		b = append(b, `,"workflow_id":`...)
-		b = appendJSONString(b, st.info.WorkflowID)
+		b = jsonx.AppendString(b, st.info.WorkflowID)
 	}
 	if st.sse {
 		b = append(b, `,"stream":true`...)
 	}
 	if st.errCode != "" {
 		b = append(b, `,"error":`...)
-		b = appendJSONString(b, st.errCode)
+		b = jsonx.AppendString(b, st.errCode)
 	}
 	if st.cut != "" {
 		b = append(b, `,"cut":`...)
-		b = appendJSONString(b, st.cut)
+		b = jsonx.AppendString(b, st.cut)
 	}
 	b = append(b, "}\n"...)
 	_, _ = g.access.Write(b)
@@ -97,57 +98,11 @@ func remoteUser(r *http.Request) string {
 // appendJSONString3 appends the JSON string "a m c" without concatenating.
 func appendJSONString3(b []byte, a, m, c string) []byte {
 	b = append(b, '"')
-	b = appendEscaped(b, a)
+	b = jsonx.AppendEscaped(b, a)
 	b = append(b, ' ')
-	b = appendEscaped(b, m)
+	b = jsonx.AppendEscaped(b, m)
 	b = append(b, ' ')
-	b = appendEscaped(b, c)
+	b = jsonx.AppendEscaped(b, c)
 	return append(b, '"')
 }
 
-func appendJSONString(b []byte, s string) []byte {
-	return append(appendEscaped(append(b, '"'), s), '"')
-}
-
-// appendEscaped appends s escaped for a JSON string. Client-supplied values
-// (user agent, URI) may hold quotes, control bytes or invalid UTF-8; each
-// is escaped so a line is always valid JSON and cannot be forged into two.
-func appendEscaped(b []byte, s string) []byte {
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			i++
-			continue
-		}
-		if c >= utf8.RuneSelf {
-			r, size := utf8.DecodeRuneInString(s[i:])
-			if r == utf8.RuneError && size == 1 {
-				b = append(b, s[start:i]...)
-				b = append(b, `\ufffd`...)
-				i++
-				start = i
-				continue
-			}
-			i += size
-			continue
-		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, `\u00`...)
-			b = append(b, hexDigits[c>>4], hexDigits[c&0xf])
-		}
-		i++
-		start = i
-	}
-	return append(b, s[start:]...)
-}
