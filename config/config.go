@@ -95,6 +95,8 @@ type Proxy struct {
 	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Gzip compresses text and JSON responses. Default on.
 	Gzip Gzip `yaml:"gzip"`
+	// UpstreamTLS configures connections to https:// upstreams.
+	UpstreamTLS UpstreamTLS `yaml:"upstream_tls"`
 	// SecurityHeaders are added to every response that lacks them. A key set
 	// to "" removes a default. Defaults: X-Frame-Options SAMEORIGIN,
 	// X-Content-Type-Options nosniff, Referrer-Policy
@@ -107,6 +109,22 @@ type Proxy struct {
 	// StaticExtensions are the path extensions that count as static assets.
 	// Default [js, css, png, jpg, jpeg, gif, ico, svg].
 	StaticExtensions []string `yaml:"static_extensions"`
+}
+
+// UpstreamTLS verifies https:// upstreams. By default they are verified
+// against the system's roots with the upstream URL's host name.
+type UpstreamTLS struct {
+	// CAFile is a PEM bundle of the CAs that sign the upstreams'
+	// certificates (a private CA), used instead of the system's roots.
+	// A relative path is resolved against the config file's directory.
+	// Default none.
+	CAFile string `yaml:"ca_file"`
+	// ServerName is checked against the certificate instead of the URL's
+	// host, for upstreams addressed by IP. Default none.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify accepts any certificate. For tests only; it makes
+	// TLS to the upstream worthless. Default false.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
 // Gzip configures response compression.

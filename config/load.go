@@ -494,6 +494,9 @@ func (d *decoder) secrets(c *Config, getenv func(string) string, dir string) {
 		}
 		return s
 	}
+	if p := c.Proxy.UpstreamTLS.CAFile; p != "" && !filepath.IsAbs(p) && dir != "" {
+		c.Proxy.UpstreamTLS.CAFile = filepath.Join(dir, p)
+	}
 	c.Admin.Token = resolve(EnvAdminToken, "admin.token_file", c.Admin.TokenFile, c.Admin.Token)
 	c.Redis.Password = resolve(EnvRedisPassword, "redis.password_file", c.Redis.PasswordFile, c.Redis.Password)
 }

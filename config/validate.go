@@ -189,6 +189,11 @@ func (v *validator) proxy() {
 	if p.MaxBodyInMemory <= 0 {
 		v.add("proxy.max_body_in_memory", "must be greater than 0")
 	}
+	if f := p.UpstreamTLS.CAFile; f != "" {
+		if _, err := p.UpstreamTLS.CertPool(); err != nil {
+			v.add("proxy.upstream_tls.ca_file", "%v", err)
+		}
+	}
 	v.positive("proxy.dial_timeout", p.DialTimeout)
 	v.positive("proxy.response_header_timeout", p.ResponseHeaderTimeout)
 	v.positive("proxy.stream_response_header_timeout", p.StreamResponseHeaderTimeout)

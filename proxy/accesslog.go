@@ -105,4 +105,3 @@ func appendJSONString3(b []byte, a, m, c string) []byte {
 	b = jsonx.AppendEscaped(b, c)
 	return append(b, '"')
 }
-

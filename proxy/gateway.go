@@ -7,6 +7,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -71,6 +72,8 @@ type Gateway struct {
 	draining atomic.Bool
 	healthMu sync.Mutex
 	healthCh chan struct{}
+
+	upstreamTLS *tls.Config
 
 	stop        context.CancelFunc
 	wg          sync.WaitGroup
@@ -143,10 +146,14 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 	if len(g.ups) > 64 {
 		return nil, fmt.Errorf("proxy: at most 64 upstreams, got %d", len(g.ups))
 	}
+	var err error
+	if g.upstreamTLS, err = p.UpstreamTLS.ClientConfig(); err != nil {
+		return nil, fmt.Errorf("proxy: proxy.upstream_tls: %w", err)
+	}
 	g.lb = newLeastConn(g.ups, o.IntN)
 	g.rp = &httputil.ReverseProxy{
 		Rewrite:        g.rewrite,
-		Transport:      newUpstreamClient(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream, p.IdleConnTimeout.D()),
+		Transport:      newUpstreamClient(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream, p.IdleConnTimeout.D(), g.upstreamTLS),
 		BufferPool:     newBufferPool(),
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.errorHandler,

@@ -15,7 +15,7 @@ import (
 func (g *Gateway) activeChecks(ctx context.Context) {
 	hc := g.cfg.Health.Active
 	client := &http.Client{
-		Transport: newProbeTransport(hc.Timeout.D(), g.cfg.Proxy.IdleConnTimeout.D()),
+		Transport: newProbeTransport(hc.Timeout.D(), g.cfg.Proxy.IdleConnTimeout.D(), g.upstreamTLS),
 		Timeout:   hc.Timeout.D(),
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse

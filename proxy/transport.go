@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"net"
 	"net/http"
 	"sync"
@@ -9,7 +10,7 @@ import (
 
 // newProbeTransport is the health checks' own transport: probes must not
 // queue behind, or take connections from, real traffic.
-func newProbeTransport(timeout, idleTimeout time.Duration) *http.Transport {
+func newProbeTransport(timeout, idleTimeout time.Duration, tlsConf *tls.Config) *http.Transport {
 	d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
 		Proxy:               nil, // never route upstream traffic via HTTP_PROXY
@@ -17,6 +18,7 @@ func newProbeTransport(timeout, idleTimeout time.Duration) *http.Transport {
 		MaxIdleConnsPerHost: 1,
 		IdleConnTimeout:     idleTimeout,
 		DisableCompression:  true,
+		TLSClientConfig:     tlsConf,
 	}
 }
 

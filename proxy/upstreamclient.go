@@ -36,6 +36,7 @@ import (
 // "dial", which the gateway retries on another upstream.
 type upstreamClient struct {
 	dialer      *net.Dialer
+	tls         *tls.Config   // for https:// upstreams; ServerName set per dial
 	maxIdle     int           // idle connections kept per upstream
 	idleTimeout time.Duration // an idle connection older than this is closed
 
@@ -45,9 +46,10 @@ type upstreamClient struct {
 	closed  bool
 }
 
-func newUpstreamClient(dialTimeout time.Duration, maxIdle int, idleTimeout time.Duration) *upstreamClient {
+func newUpstreamClient(dialTimeout time.Duration, maxIdle int, idleTimeout time.Duration, tlsConf *tls.Config) *upstreamClient {
 	return &upstreamClient{
 		dialer:      &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second},
+		tls:         tlsConf,
 		maxIdle:     maxIdle,
 		idleTimeout: idleTimeout,
 		idle:        map[string][]*upstreamConn{},
@@ -115,7 +117,11 @@ func (c *upstreamClient) dial(ctx context.Context, key string, u *url.URL) (*ups
 		uc.raw, _ = sc.SyscallConn()
 	}
 	if u.Scheme == "https" {
-		tc := tls.Client(conn, &tls.Config{ServerName: u.Hostname(), NextProtos: []string{"http/1.1"}})
+		conf := c.tls.Clone()
+		if conf.ServerName == "" {
+			conf.ServerName = u.Hostname()
+		}
+		tc := tls.Client(conn, conf)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			return nil, err

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -53,7 +54,7 @@ func TestUpstreamClientReusesAndReplacesStaleConnections(t *testing.T) {
 		served.Add(1)
 		w.Write(b)
 	})
-	c := newUpstreamClient(time.Second, 4, time.Minute)
+	c := newUpstreamClient(time.Second, 4, time.Minute, &tls.Config{})
 	defer c.CloseIdleConnections()
 	for range 3 {
 		if _, body := get(t, c, srv.URL); body != "body" {
@@ -93,7 +94,7 @@ func TestUpstreamClientClosesWhatItCannotReuse(t *testing.T) {
 		}
 		w.Write([]byte(strings.Repeat("x", 64<<10)))
 	})
-	c := newUpstreamClient(time.Second, 4, time.Minute)
+	c := newUpstreamClient(time.Second, 4, time.Minute, &tls.Config{})
 	defer c.CloseIdleConnections()
 
 	// An answer abandoned half-read: its rest is still on the wire.
@@ -116,7 +117,7 @@ func TestUpstreamClientClosesWhatItCannotReuse(t *testing.T) {
 
 func TestUpstreamClientPrunesIdleConnections(t *testing.T) {
 	srv, _, closed := connServer(t, func(w http.ResponseWriter, r *http.Request) {})
-	c := newUpstreamClient(time.Second, 4, 50*time.Millisecond)
+	c := newUpstreamClient(time.Second, 4, 50*time.Millisecond, &tls.Config{})
 	defer c.CloseIdleConnections()
 	get(t, c, srv.URL)
 	select {
