@@ -133,3 +133,34 @@ func TestUpstreamClientPrunesIdleConnections(t *testing.T) {
 		}
 	}
 }
+
+// HEAD and 204 answers have no body: the connection is reused at once.
+func TestUpstreamClientBodilessAnswersKeepTheConnection(t *testing.T) {
+	srv, opened, _ := connServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/empty" {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.Header().Set("Content-Length", "5")
+		if r.Method != http.MethodHead {
+			w.Write([]byte("hello"))
+		}
+	})
+	c := newUpstreamClient(time.Second, 4, time.Minute, &tls.Config{})
+	defer c.CloseIdleConnections()
+	for _, tc := range []struct{ method, path string }{{"HEAD", "/"}, {"GET", "/empty"}, {"HEAD", "/"}, {"GET", "/"}} {
+		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tc.method, tc.path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if tc.method == "GET" && tc.path == "/" && string(b) != "hello" {
+			t.Fatalf("GET body %q", b)
+		}
+	}
+	if n := opened.Load(); n != 1 {
+		t.Fatalf("opened %d connections for 4 sequential requests, want 1", n)
+	}
+}
