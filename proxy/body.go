@@ -78,7 +78,9 @@ func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, limit, mem
 	b.mem = bodyPool.Get().(*bytes.Buffer)
 	b.mem.Reset()
 	if r.ContentLength > 0 {
-		b.mem.Grow(int(min(r.ContentLength, memLimit)))
+		// Content-Length is the client's word: growing to it before the
+		// bytes arrive would let headers alone reserve max_body_in_memory.
+		b.mem.Grow(int(min(r.ContentLength, memLimit, 64<<10)))
 	}
 	_, err := b.mem.ReadFrom(io.LimitReader(r.Body, min(limit, memLimit)+1))
 	b.n = int64(b.mem.Len())
@@ -109,6 +111,12 @@ func (b *requestBody) spill(rest io.Reader, limit int64) error {
 	}
 	n, err := io.Copy(f, io.LimitReader(rest, limit+1-b.n))
 	b.n += n
+	// The file holds every byte now; the in-memory head is not needed for
+	// the rest of a possibly long upstream run.
+	if b.mem.Cap() <= maxPooledBody {
+		bodyPool.Put(b.mem)
+	}
+	b.mem = nil
 	return err
 }
 

@@ -6,7 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
+	"syscall"
 )
 
 // Causes given to an attempt's context when the gateway itself ends it; the
@@ -42,17 +42,22 @@ func classify(err error, clientCtx, attemptCtx context.Context) failure {
 	case errIdleTimeout:
 		return failure{status: http.StatusGatewayTimeout, code: "upstream_idle", message: "upstream stopped sending"}
 	}
+	var ue *upstreamError
+	if !errors.As(err, &ue) {
+		// ReverseProxy refused the client's request itself (an invalid
+		// Upgrade, say): nothing reached an upstream, and no client may
+		// push upstreams out of rotation with such requests.
+		return failure{status: http.StatusBadRequest, code: "bad_request", message: "the request cannot be forwarded"}
+	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
-		return failure{status: http.StatusBadGateway, code: "upstream_unreachable", message: "could not connect to an upstream", retry: true, penalize: true}
+		// Out of descriptors or ports is flowgate's own trouble.
+		local := errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.EADDRNOTAVAIL)
+		return failure{status: http.StatusBadGateway, code: "upstream_unreachable", message: "could not connect to an upstream", retry: true, penalize: !local}
 	}
-	// The upstream closed a pooled keep-alive connection before our request
-	// was sent on it (net/http's errServerClosedIdle, unexported). The
-	// request never reached it, so another upstream may take it; the close
-	// itself is routine, not a fault.
-	if strings.Contains(err.Error(), "server closed idle connection") {
-		return failure{status: http.StatusBadGateway, code: "upstream_closed", message: "upstream closed the connection", retry: true}
-	}
+	// errClosedIdle lands here too: for a POST a keep-alive race and a
+	// crash with the request in hand look the same, and the crash is the
+	// one that must count (idempotent requests were already re-sent).
 	return failure{status: http.StatusBadGateway, code: "upstream_error", message: "upstream connection failed", penalize: true}
 }
 

@@ -395,7 +395,7 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 	}
 	st.timer.inBody.Store(true)
 	st.timer.t.Reset(g.idleTimeout)
-	if g.unhealthyStatus[res.StatusCode] {
+	if c := res.StatusCode; c >= 0 && c < len(g.unhealthyStatus) && g.unhealthyStatus[c] {
 		g.passiveFailure(st.up, "status")
 	}
 	if st.isStatic && res.StatusCode >= 200 && res.StatusCode < 400 {
@@ -417,10 +417,12 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 		st.rw.compress = true
 	}
 	st.ub = upstreamBody{
-		rc:         res.Body,
-		st:         st,
-		sse:        st.sse,
-		flowiseSSE: st.sse && st.info.Kind == flow.Flowise && st.info.Runs,
+		rc:  res.Body,
+		st:  st,
+		sse: st.sse,
+		// The end-event check reads plain frames; an upstream that
+		// compressed its own stream is passed through unchecked.
+		flowiseSSE: st.sse && st.info.Kind == flow.Flowise && st.info.Runs && h.Get("Content-Encoding") == "",
 	}
 	res.Body = &st.ub
 	return nil
@@ -468,6 +470,15 @@ func (g *Gateway) errorHandler(_ http.ResponseWriter, r *http.Request, err error
 // finish runs last, also while an aborted response unwinds: log, measure,
 // release.
 func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
+	if p := recover(); p != nil {
+		// ErrAbortHandler is how a cut response ends; anything else is a
+		// bug, and must not be logged as the 200 that was under way.
+		if p != http.ErrAbortHandler && st.status == 0 {
+			st.status = http.StatusInternalServerError
+			g.log.Error("panic serving request", zap.Any("panic", p), zap.String("request_id", st.id))
+		}
+		defer panic(p)
+	}
 	st.rw.finish()
 	end := time.Now()
 	d := end.Sub(start)

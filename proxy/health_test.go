@@ -1,8 +1,12 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -89,5 +93,76 @@ func TestAccessLogLine(t *testing.T) {
 		if _, ok := line[k]; !ok {
 			t.Errorf("missing %s", k)
 		}
+	}
+}
+
+// Requests ReverseProxy refuses itself (an invalid Upgrade) never count
+// against an upstream: no client can push upstreams out of rotation.
+func TestClientErrorsDoNotPenalizeUpstreams(t *testing.T) {
+	a := startFlow(t, fakeflow.Options{})
+	b := startFlow(t, fakeflow.Options{})
+	g := newGW(t, []string{a.URL(), b.URL()}, func(c *config.Config) {
+		c.Health.Active.Enabled = ptr(false)
+		c.Health.Passive.MaxFails = 1
+	})
+	for range 6 {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(conn, "GET /api/v1/ping HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: \xff\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		conn.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("invalid upgrade: status %d, want 400", resp.StatusCode)
+		}
+	}
+	for _, u := range g.Upstreams() {
+		if !u.Healthy(time.Now()) {
+			t.Fatalf("upstream %s taken out by client errors", u.Name)
+		}
+	}
+}
+
+// Passive checks never take out the last healthy upstream.
+func TestPassiveChecksKeepTheLastUpstream(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{FailureRate: 1})
+	g := newGW(t, []string{ff.URL()}, func(c *config.Config) {
+		c.Health.Active.Enabled = ptr(false)
+		c.Health.Passive.UnhealthyStatuses = []int{500}
+		c.Health.Passive.MaxFails = 1
+	})
+	for range 5 {
+		if resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, nil); readAll(t, resp) == "" || resp.StatusCode != 500 {
+			t.Fatalf("status %d, want the upstream's own 500", resp.StatusCode)
+		}
+	}
+}
+
+// An upstream status above 599 is passed on, not a crash.
+func TestOddUpstreamStatusIsPassedOn(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok")
+		brw.Flush()
+	}))
+	defer up.Close()
+	g := newGW(t, []string{up.URL}, func(c *config.Config) {
+		c.Health.Active.Enabled = ptr(false)
+		c.Health.Passive.UnhealthyStatuses = []int{502}
+	})
+	resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, nil)
+	if body := readAll(t, resp); resp.StatusCode != 999 || body != "ok" {
+		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	}
+	if line := g.nextAccessLine(t); line["status"] != float64(999) {
+		t.Fatalf("logged status %v", line["status"])
 	}
 }

@@ -77,11 +77,25 @@ func (g *Gateway) passiveFailure(u *Upstream, reason string) {
 	if !ph.On() {
 		return
 	}
-	if u.passiveFail(time.Now(), ph.MaxFails, ph.FailWindow.D(), ph.Cooldown.D()) {
+	now := time.Now()
+	if u.passiveFail(now, ph.MaxFails, ph.FailWindow.D(), ph.Cooldown.D(), g.othersHealthy(u, now)) {
 		g.log.Warn("passive health check took upstream out",
 			zap.String("upstream", u.Name), zap.String("reason", reason), zap.Duration("cooldown", ph.Cooldown.D()))
 		g.notifyHealth()
 	}
+}
+
+// othersHealthy reports whether an upstream other than u can take traffic.
+// Passive checks never take out the last one, as nginx ignores max_fails
+// for a lone server: with nowhere else to go, failing every request is
+// worse than trying the one that fails some.
+func (g *Gateway) othersHealthy(u *Upstream, now time.Time) bool {
+	for _, o := range g.ups {
+		if o != u && o.Healthy(now) {
+			return true
+		}
+	}
+	return false
 }
 
 // notifyHealth wakes whoever waits in HealthChanged (tests, readiness).

@@ -2,15 +2,16 @@ package proxy
 
 import "syscall"
 
-// peerClosed reports whether the peer has closed or reset the connection,
-// without consuming anything. Control, unlike RawConn.Read, does not take
-// the read lock that net/http's read loop holds while it waits.
-func peerClosed(rc syscall.RawConn) bool {
-	closed := false
+// peerIdle reports whether the connection is open with nothing to read:
+// the only state in which a pooled connection may carry a new request. A
+// close, a reset, or bytes nobody asked for all make it unusable. Nothing
+// is consumed. Control, unlike RawConn.Read, takes no read lock.
+func peerIdle(rc syscall.RawConn) bool {
+	idle := false
 	_ = rc.Control(func(fd uintptr) {
 		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		closed = (n == 0 && err == nil) || err == syscall.ECONNRESET
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		idle = err == syscall.EAGAIN || err == syscall.EWOULDBLOCK
 	})
-	return closed
+	return idle
 }

@@ -4,6 +4,6 @@ package proxy
 
 import "syscall"
 
-// peerClosed is only implemented on Linux; elsewhere a pooled connection
-// the upstream closed is found out by net/http as before.
-func peerClosed(syscall.RawConn) bool { return false }
+// peerIdle is only implemented on Linux; elsewhere a pooled connection is
+// trusted until a request on it fails.
+func peerIdle(syscall.RawConn) bool { return true }

@@ -75,14 +75,17 @@ func TestLeastConnSkipsUnhealthy(t *testing.T) {
 func TestPassiveFailWindow(t *testing.T) {
 	u := testUpstreams(1)[0]
 	t0 := time.Now()
-	if u.passiveFail(t0, 3, time.Second, 5*time.Second) || u.passiveFail(t0.Add(800*time.Millisecond), 3, time.Second, 5*time.Second) {
+	if u.passiveFail(t0, 3, time.Second, 5*time.Second, true) || u.passiveFail(t0.Add(800*time.Millisecond), 3, time.Second, 5*time.Second, true) {
 		t.Fatal("taken out before max_fails")
 	}
 	// The first failure has left the window: still two inside.
-	if u.passiveFail(t0.Add(1500*time.Millisecond), 3, time.Second, 5*time.Second) {
+	if u.passiveFail(t0.Add(1500*time.Millisecond), 3, time.Second, 5*time.Second, true) {
 		t.Fatal("a failure outside the window counted")
 	}
-	if !u.passiveFail(t0.Add(1600*time.Millisecond), 3, time.Second, 5*time.Second) {
+	if u.passiveFail(t0.Add(1600*time.Millisecond), 3, time.Second, 5*time.Second, false) {
+		t.Fatal("the last healthy upstream was taken out")
+	}
+	if !u.passiveFail(t0.Add(1700*time.Millisecond), 3, time.Second, 5*time.Second, true) {
 		t.Fatal("three failures inside the window did not take it out")
 	}
 	if u.Healthy(t0.Add(2 * time.Second)) {

@@ -44,8 +44,9 @@ func (u *Upstream) Healthy(now time.Time) bool {
 }
 
 // passiveFail records a failure seen on real traffic and reports whether it
-// took the upstream out (maxFails within window).
-func (u *Upstream) passiveFail(now time.Time, maxFails int, window, cooldown time.Duration) bool {
+// took the upstream out (maxFails within window). With canEject false the
+// failure is counted but the upstream stays in.
+func (u *Upstream) passiveFail(now time.Time, maxFails int, window, cooldown time.Duration, canEject bool) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	cut := now.Add(-window)
@@ -55,7 +56,7 @@ func (u *Upstream) passiveFail(now time.Time, maxFails int, window, cooldown tim
 	}
 	u.failTimes = append(u.failTimes[:0], u.failTimes[i:]...)
 	u.failTimes = append(u.failTimes, now)
-	if len(u.failTimes) < maxFails {
+	if len(u.failTimes) < maxFails || !canEject {
 		return false
 	}
 	u.failTimes = u.failTimes[:0]

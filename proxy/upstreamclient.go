@@ -11,6 +11,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"net/url"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -59,18 +60,38 @@ func newUpstreamClient(dialTimeout time.Duration, maxIdle int, idleTimeout time.
 // errStaleConn: the pooled connection was unusable; nothing was sent on it.
 var errStaleConn = errors.New("pooled upstream connection was closed")
 
+// errClosedIdle: the upstream closed a reused connection after our request
+// was written and before a byte of answer: the keep-alive race the peek
+// narrows but cannot close, or a crash. The upstream may have read the
+// request, so only idempotent requests are sent again.
+var errClosedIdle = errors.New("upstream closed the kept-alive connection before answering")
+
+// upstreamError marks what went wrong between flowgate and the upstream,
+// as opposed to errors ReverseProxy raises about the client's request:
+// only these may count against an upstream's health.
+type upstreamError struct{ err error }
+
+func (e *upstreamError) Error() string { return e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+// max1xx bounds informational answers before the real one, as net/http does.
+const max1xx = 5
+
 func (c *upstreamClient) RoundTrip(req *http.Request) (*http.Response, error) {
 	key := req.URL.Scheme + "://" + req.URL.Host
-	// Only pooled connections can be stale, and each is dropped when found
-	// so, so this ends: at the latest with a fresh dial.
+	// Only pooled connections can be stale or closed idle, and each is
+	// dropped when found so, so this ends: at the latest with a fresh dial.
 	for {
 		uc, err := c.get(req.Context(), key, req.URL)
 		if err != nil {
-			return nil, err
+			return nil, &upstreamError{err}
 		}
 		resp, err := uc.roundTrip(c, req)
-		if err == nil || !errors.Is(err, errStaleConn) {
-			return resp, err
+		if err == nil {
+			return resp, nil
+		}
+		if !errors.Is(err, errStaleConn) && !(errors.Is(err, errClosedIdle) && idempotent(req)) {
+			return nil, &upstreamError{err}
 		}
 		if req.Body != nil && req.Body != http.NoBody {
 			if req.GetBody == nil {
@@ -81,6 +102,16 @@ func (c *upstreamClient) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 		}
 	}
+}
+
+// idempotent requests may be sent again after errClosedIdle.
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, ok := req.Header["Idempotency-Key"]
+	return ok
 }
 
 // get pops the most recently used idle connection (the least likely to
@@ -112,7 +143,9 @@ func (c *upstreamClient) dial(ctx context.Context, key string, u *url.URL) (*ups
 	if err != nil {
 		return nil, err
 	}
-	uc := &upstreamConn{key: key, conn: conn, br: bufio.NewReaderSize(conn, 4<<10)}
+	uc := &upstreamConn{key: key, conn: conn}
+	uc.in.r = conn
+	uc.br = bufio.NewReaderSize(&uc.in, 4<<10)
 	if sc, ok := conn.(syscall.Conn); ok {
 		uc.raw, _ = sc.SyscallConn()
 	}
@@ -128,7 +161,7 @@ func (c *upstreamClient) dial(ctx context.Context, key string, u *url.URL) (*ups
 		}
 		uc.conn = tc
 		uc.raw = nil // TLS records: a raw peek cannot tell data from a close_notify
-		uc.br.Reset(tc)
+		uc.in.r = tc
 	}
 	return uc, nil
 }
@@ -204,21 +237,38 @@ type upstreamConn struct {
 	key       string
 	conn      net.Conn
 	raw       syscall.RawConn // for the liveness peek; nil over TLS
+	in        readCounter     // conn, counted: did any answer arrive?
 	br        *bufio.Reader
 	reused    bool
 	idleSince time.Time
 }
 
 // sentCounter counts what reached the connection, to tell a write that
-// failed before its first byte (safe to send elsewhere) from one that did not.
+// failed before its first byte (safe to send elsewhere) from one that did
+// not, and keeps the connection's own error apart from the request body's.
 type sentCounter struct {
-	w io.Writer
-	n int64
+	w   io.Writer
+	n   int64
+	err error
 }
 
 func (cw *sentCounter) Write(p []byte) (int, error) {
 	n, err := cw.w.Write(p)
 	cw.n += int64(n)
+	if err != nil {
+		cw.err = err
+	}
+	return n, err
+}
+
+type readCounter struct {
+	r io.Reader
+	n int64
+}
+
+func (rc *readCounter) Read(p []byte) (int, error) {
+	n, err := rc.r.Read(p)
+	rc.n += int64(n)
 	return n, err
 }
 
@@ -228,7 +278,7 @@ var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<
 var aLongTimeAgo = time.Unix(1, 0)
 
 func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.Response, error) {
-	if uc.reused && (uc.br.Buffered() > 0 || (uc.raw != nil && peerClosed(uc.raw))) {
+	if uc.reused && !uc.idleAndOpen() {
 		uc.conn.Close()
 		return nil, errStaleConn
 	}
@@ -254,21 +304,30 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 	if err != nil {
 		stop()
 		uc.conn.Close()
-		if cw.n == 0 && uc.reused && ctx.Err() == nil {
+		if cw.n == 0 && uc.reused && cw.err != nil && ctx.Err() == nil {
 			return nil, errors.Join(errStaleConn, err)
 		}
 		return nil, ctxErr(ctx, err)
 	}
 
 	trace := httptrace.ContextClientTrace(ctx)
-	for {
+	before := uc.in.n
+	for n1xx := 0; ; n1xx++ {
 		resp, err := http.ReadResponse(uc.br, req)
 		if err != nil {
 			stop()
 			uc.conn.Close()
+			if uc.reused && uc.in.n == before && ctx.Err() == nil {
+				return nil, errors.Join(errClosedIdle, err)
+			}
 			return nil, ctxErr(ctx, err)
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			if n1xx == max1xx {
+				stop()
+				uc.conn.Close()
+				return nil, errors.New("upstream sent too many 1xx answers")
+			}
 			// 103 Early Hints and friends: ReverseProxy forwards them
 			// through this hook; the real answer follows.
 			if trace != nil && trace.Got1xxResponse != nil {
@@ -281,6 +340,12 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 			continue
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
+			if !strings.EqualFold(resp.Header.Get("Upgrade"), req.Header.Get("Upgrade")) || req.Header.Get("Upgrade") == "" {
+				// ReverseProxy would refuse it without closing the body.
+				stop()
+				uc.conn.Close()
+				return nil, errors.New("upstream switched protocols the request did not ask for")
+			}
 			// ReverseProxy needs a read-write body to splice the upgraded
 			// connection; it lives until either side closes.
 			resp.Body = &upgradedConn{uc: uc, stop: stop}
@@ -294,6 +359,25 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 		resp.Body = &pooledBody{rc: resp.Body, uc: uc, c: c, stop: stop, reusable: reusable}
 		return resp, nil
 	}
+}
+
+// idleAndOpen reports whether a pooled connection may carry a request:
+// nothing buffered, and the upstream has neither closed it nor sent
+// anything unasked (a late body, a 408 before closing), which would
+// otherwise be read as the next request's answer.
+func (uc *upstreamConn) idleAndOpen() bool {
+	if uc.br.Buffered() > 0 {
+		return false
+	}
+	if uc.raw != nil {
+		return peerIdle(uc.raw)
+	}
+	// TLS: a read that times out at once means nothing is waiting.
+	uc.conn.SetReadDeadline(time.Now())
+	_, err := uc.br.Peek(1)
+	uc.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // release ends a response: the connection goes back to the pool when it

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"crypto/tls"
 	"io"
 	"net"
@@ -70,7 +71,7 @@ func TestUpstreamClientReusesAndReplacesStaleConnections(t *testing.T) {
 	pooled := c.idle["http://"+strings.TrimPrefix(srv.URL, "http://")][0]
 	c.mu.Unlock()
 	deadline := time.Now().Add(2 * time.Second)
-	for !peerClosed(pooled.raw) {
+	for peerIdle(pooled.raw) {
 		if time.Now().After(deadline) {
 			t.Fatal("close never seen")
 		}
@@ -162,5 +163,53 @@ func TestUpstreamClientBodilessAnswersKeepTheConnection(t *testing.T) {
 	}
 	if n := opened.Load(); n != 1 {
 		t.Fatalf("opened %d connections for 4 sequential requests, want 1", n)
+	}
+}
+
+// Bytes an upstream sends unasked on an idle connection (a late body, a
+// 408 before closing) are never read as the next request's answer.
+func TestUpstreamClientNeverReadsUnaskedBytesAsTheAnswer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	strayed := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(first bool) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if first && req.URL.Path == "/first" {
+						io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+						close(strayed)
+						continue
+					}
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}(i == 0)
+		}
+	}()
+	c := newUpstreamClient(time.Second, 4, time.Minute, &tls.Config{})
+	defer c.CloseIdleConnections()
+	url := "http://" + ln.Addr().String()
+	if resp, _ := get(t, c, url+"/first"); resp.StatusCode != 204 {
+		t.Fatalf("first: %d", resp.StatusCode)
+	}
+	<-strayed
+	for range 3 {
+		if _, body := get(t, c, url+"/second"); body != "ok" {
+			t.Fatalf("a later request got %q: bytes nobody asked for were taken as its answer", body)
+		}
 	}
 }
