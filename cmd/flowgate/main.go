@@ -265,6 +265,16 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 	g.Drain()
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout.D())
 	defer cancel()
+	go func() {
+		// A second signal means "now": an operator who asks twice does
+		// not want to wait out the drain.
+		select {
+		case s := <-sig:
+			log.Warn("second signal: ending the drain now", zap.String("signal", s.String()))
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	// The proxy listener drains first; ops and admin stay up meanwhile so
 	// /readyz reports the drain and metrics can be scraped to the end.
 	if err := main.Shutdown(ctx); err != nil {

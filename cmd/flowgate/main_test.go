@@ -182,3 +182,50 @@ func TestVersionSubcommand(t *testing.T) {
 		t.Fatalf("exit %d %q", code, out.String())
 	}
 }
+
+// A second SIGTERM ends the drain at once.
+func TestSecondSignalEndsTheDrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	ff, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{Tokens: 600, TokenDelay: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ff.Close()
+	s := startBinary(t, buildBinary(t), "-upstream", ff.URL())
+	resp, err := http.Post("http://"+s.listen+"/api/v1/prediction/"+flowID, "application/json",
+		strings.NewReader(`{"question":"hi","streaming":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if _, err := br.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	// Readiness flipping shows the first signal was handled.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := http.Get("http://" + s.metrics + "/readyz")
+		if err == nil {
+			r.Body.Close()
+			if r.StatusCode == http.StatusServiceUnavailable {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz did not report the drain")
+		}
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-s.exited:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("second signal did not end the drain of a 60 s stream")
+	}
+}
