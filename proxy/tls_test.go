@@ -2,6 +2,8 @@ package proxy_test
 
 import (
 	"encoding/pem"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,7 +18,9 @@ import (
 // An https:// upstream signed by a private CA is reached once its CA is
 // configured, and refused (502, never plain text) without it.
 func TestHTTPSUpstreamWithPrivateCA(t *testing.T) {
-	up := httptest.NewTLSServer(fakeflow.New(fakeflow.Options{}))
+	up := httptest.NewUnstartedServer(fakeflow.New(fakeflow.Options{}))
+	up.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are the point
+	up.StartTLS()
 	defer up.Close()
 	ca := filepath.Join(t.TempDir(), "ca.pem")
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: up.Certificate().Raw})
