@@ -261,12 +261,30 @@ func (cw *sentCounter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// readCounter counts what the upstream sent and, while limit > 0, refuses
+// to read past it: an answer's status line and headers may not grow
+// without bound.
 type readCounter struct {
-	r io.Reader
-	n int64
+	r     io.Reader
+	n     int64
+	limit int64
 }
 
+// maxResponseHeader bounds an upstream answer's head, as net/http's
+// Transport does by default.
+const maxResponseHeader = 1 << 20
+
+var errHeaderTooLarge = errors.New("upstream response headers too large")
+
 func (rc *readCounter) Read(p []byte) (int, error) {
+	if rc.limit > 0 {
+		if rc.n >= rc.limit {
+			return 0, errHeaderTooLarge
+		}
+		if left := rc.limit - rc.n; int64(len(p)) > left {
+			p = p[:left]
+		}
+	}
 	n, err := rc.r.Read(p)
 	rc.n += int64(n)
 	return n, err
@@ -313,7 +331,9 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 	trace := httptrace.ContextClientTrace(ctx)
 	before := uc.in.n
 	for n1xx := 0; ; n1xx++ {
+		uc.in.limit = uc.in.n + int64(uc.br.Buffered()) + maxResponseHeader
 		resp, err := http.ReadResponse(uc.br, req)
+		uc.in.limit = 0
 		if err != nil {
 			stop()
 			uc.conn.Close()

@@ -213,3 +213,33 @@ func TestUpstreamClientNeverReadsUnaskedBytesAsTheAnswer(t *testing.T) {
 		}
 	}
 }
+
+// An upstream cannot make flowgate read headers without end.
+func TestUpstreamClientBoundsResponseHeaders(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+		line := "X-Pad: " + strings.Repeat("a", 1000) + "\r\n"
+		for range 4000 { // 4 MB of headers
+			if _, err := io.WriteString(c, line); err != nil {
+				return
+			}
+		}
+	}()
+	c := newUpstreamClient(time.Second, 4, time.Minute, &tls.Config{})
+	defer c.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
+	if _, err := c.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "too large") {
+		t.Fatalf("error %v, want headers too large", err)
+	}
+}
