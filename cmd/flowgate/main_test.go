@@ -72,46 +72,61 @@ func startBinary(t *testing.T, bin string, args ...string) *started {
 	return s
 }
 
-// SIGTERM during a 3-second stream: the stream completes and the process
-// exits 0; meanwhile /readyz reports the drain and new connections are refused.
-func TestSIGTERMDrainsStreams(t *testing.T) {
+// streamThroughBinary starts flowgate in front of a fakeflow streaming
+// tokens at tokenDelay, opens one stream and returns it once its first
+// line has arrived.
+func streamThroughBinary(t *testing.T, tokens int, tokenDelay time.Duration) (*started, *bufio.Reader) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	ff, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{Tokens: 30, TokenDelay: 100 * time.Millisecond})
+	ff, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{Tokens: tokens, TokenDelay: tokenDelay})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ff.Close()
+	t.Cleanup(func() { ff.Close() })
 	s := startBinary(t, buildBinary(t), "-upstream", ff.URL())
-
 	resp, err := http.Post("http://"+s.listen+"/api/v1/prediction/"+flowID, "application/json",
 		strings.NewReader(`{"question":"hi","streaming":true}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
+	t.Cleanup(func() { resp.Body.Close() })
 	br := bufio.NewReader(resp.Body)
 	if _, err := br.ReadString('\n'); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
+	return s, br
+}
+
+// sigtermAndWaitDraining sends SIGTERM and waits until /readyz reports
+// the drain, which shows the signal was handled.
+func sigtermAndWaitDraining(t *testing.T, s *started) {
+	t.Helper()
 	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	// Readiness flips while the stream is still running.
+	deadline := time.Now().Add(5 * time.Second)
 	for {
 		r, err := http.Get("http://" + s.metrics + "/readyz")
 		if err == nil {
 			r.Body.Close()
 			if r.StatusCode == http.StatusServiceUnavailable {
-				break
+				return
 			}
 		}
-		if time.Since(start) > 2*time.Second {
+		if time.Now().After(deadline) {
 			t.Fatal("/readyz did not report the drain")
 		}
 	}
+}
+
+// SIGTERM during a 3-second stream: the stream completes and the process
+// exits 0; meanwhile /readyz reports the drain and new connections are refused.
+func TestSIGTERMDrainsStreams(t *testing.T) {
+	s, br := streamThroughBinary(t, 30, 100*time.Millisecond)
+	start := time.Now()
+	sigtermAndWaitDraining(t, s)
 	rest, err := io.ReadAll(br)
 	if err != nil {
 		t.Fatalf("stream cut by shutdown after %v: %v", time.Since(start), err)
@@ -185,40 +200,8 @@ func TestVersionSubcommand(t *testing.T) {
 
 // A second SIGTERM ends the drain at once.
 func TestSecondSignalEndsTheDrain(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	ff, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{Tokens: 600, TokenDelay: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ff.Close()
-	s := startBinary(t, buildBinary(t), "-upstream", ff.URL())
-	resp, err := http.Post("http://"+s.listen+"/api/v1/prediction/"+flowID, "application/json",
-		strings.NewReader(`{"question":"hi","streaming":true}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	br := bufio.NewReader(resp.Body)
-	if _, err := br.ReadString('\n'); err != nil {
-		t.Fatal(err)
-	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	// Readiness flipping shows the first signal was handled.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r, err := http.Get("http://" + s.metrics + "/readyz")
-		if err == nil {
-			r.Body.Close()
-			if r.StatusCode == http.StatusServiceUnavailable {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("/readyz did not report the drain")
-		}
-	}
+	s, _ := streamThroughBinary(t, 600, 100*time.Millisecond)
+	sigtermAndWaitDraining(t, s)
 	s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-s.exited:
