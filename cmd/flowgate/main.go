@@ -143,6 +143,9 @@ func cmdServe(args []string, stdout, stderr io.Writer) int {
 		// CPU in the profile (BENCHMARKS.md). GOGC env still wins.
 		debug.SetGCPercent(gcPercent)
 	}
+	if limit := setMemoryLimit(cgroupMemoryFiles); limit > 0 {
+		log.Info("memory limit from the container", zap.Int64("gomemlimit_bytes", limit))
+	}
 	if f.pprof != "" {
 		if err := servePprof(f.pprof); err != nil {
 			log.Error("pprof listener", zap.Error(err))
