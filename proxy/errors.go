@@ -77,7 +77,7 @@ func writeError(w http.ResponseWriter, st *reqState, status int, code, message s
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	h.Set("X-Request-Id", st.id)
 	h.Set("Cache-Control", "no-store")
-	st.g.securityHeaders(h)
+	st.g.securityHeaders(h, h)
 	body := make([]byte, 0, 160)
 	body = append(body, `{"statusCode":`...)
 	body = strconv.AppendInt(body, int64(status), 10)

@@ -54,6 +54,7 @@ type Gateway struct {
 	secHeaders          []secHeader
 	staticExt           map[string]struct{}
 	staticCC            string
+	staticCCValue       []string // shared by every asset response; len == cap
 	preserveHost        bool
 	gzipOn              bool
 	gzipMin             int64
@@ -112,6 +113,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 	for k, v := range p.EffectiveSecurityHeaders() {
 		g.secHeaders = append(g.secHeaders, secHeader{http.CanonicalHeaderKey(k), []string{v}})
 	}
+	g.staticCCValue = []string{g.staticCC}
 	for _, e := range p.StaticExtensions {
 		g.staticExt[strings.ToLower(strings.TrimPrefix(e, "."))] = struct{}{}
 	}
@@ -385,8 +387,13 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 	st := stateFrom(res.Request.Context())
 	st.upstreamStatus = res.StatusCode
 	h := res.Header
-	g.securityHeaders(h)
-	h.Set("X-Request-Id", st.id)
+	// What the gateway adds goes straight into the client's header map,
+	// to which ReverseProxy copies h after this hook: adding to h first
+	// grew two maps past their inline size per response.
+	out := st.rw.Header()
+	g.securityHeaders(h, out)
+	delete(h, "X-Request-Id")
+	out["X-Request-Id"] = []string{st.id}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded connection (WebSocket) lives as long as both ends
 		// want; ReverseProxy needs the raw body to hijack it.
@@ -399,7 +406,8 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 		g.passiveFailure(st.up, "status")
 	}
 	if st.isStatic && res.StatusCode >= 200 && res.StatusCode < 400 {
-		h.Set("Cache-Control", g.staticCC)
+		delete(h, "Cache-Control")
+		out["Cache-Control"] = g.staticCCValue
 	}
 	st.sse = isEventStream(h)
 	if st.sse {

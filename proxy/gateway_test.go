@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -386,3 +387,33 @@ func readCC(t *testing.T, url string) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// An upstream's own security header wins and is not doubled; the asset
+// Cache-Control replaces the upstream's; the request id is the gateway's.
+func TestGatewayHeadersAddNothingTwice(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Frame-Options", "DENY")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("X-Request-Id", "upstream-made-this-up")
+		w.Write([]byte("console.log(1)"))
+	}))
+	defer up.Close()
+	g := newGW(t, []string{up.URL}, func(c *config.Config) { c.Health.Active.Enabled = ptr(false) })
+	req, _ := http.NewRequest(http.MethodGet, g.URL+"/assets/app.js", nil)
+	req.Header.Set("X-Request-Id", "mine-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAll(t, resp)
+	for k, want := range map[string]string{
+		"X-Frame-Options":        "DENY",
+		"Cache-Control":          "public, immutable, max-age=31536000",
+		"X-Request-Id":           "mine-1",
+		"X-Content-Type-Options": "nosniff",
+	} {
+		if got := resp.Header.Values(k); len(got) != 1 || got[0] != want {
+			t.Errorf("%s = %q, want exactly %q", k, got, want)
+		}
+	}
+}

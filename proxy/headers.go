@@ -105,11 +105,11 @@ type secHeader struct {
 	value []string
 }
 
-// securityHeaders adds the configured headers a response lacks.
-func (g *Gateway) securityHeaders(h http.Header) {
+// securityHeaders adds to dst the configured headers that src lacks.
+func (g *Gateway) securityHeaders(src, dst http.Header) {
 	for _, sh := range g.secHeaders {
-		if _, ok := h[sh.key]; !ok {
-			h[sh.key] = sh.value
+		if _, ok := src[sh.key]; !ok {
+			dst[sh.key] = sh.value
 		}
 	}
 }
