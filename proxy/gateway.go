@@ -196,14 +196,17 @@ func (g *Gateway) Upstreams() []*Upstream { return g.ups }
 func (g *Gateway) Drain() { g.draining.Store(true) }
 
 // Ready reports whether the gateway can serve: not draining and at least
-// one upstream healthy.
+// one upstream healthy. With active checks on, an upstream counts only once
+// a probe has passed: upstreams start in rotation (a request may find them
+// before the first probe), but readiness does not take that on trust.
 func (g *Gateway) Ready() bool {
 	if g.draining.Load() {
 		return false
 	}
 	now := time.Now()
+	probed := g.cfg.Health.Active.On()
 	for _, u := range g.ups {
-		if u.Healthy(now) {
+		if u.Healthy(now) && (!probed || u.answered.Load()) {
 			return true
 		}
 	}

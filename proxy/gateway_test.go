@@ -175,7 +175,7 @@ func TestNoHealthyUpstreamIs503JSON(t *testing.T) {
 	dead := "http://" + ln.Addr().String()
 	ln.Close()
 	g := newGW(t, []string{dead}, nil)
-	g.waitHealth(t, 5*time.Second, func() bool { return !g.Ready() })
+	g.waitHealth(t, 5*time.Second, func() bool { return !g.Upstreams()[0].Healthy(time.Now()) })
 	resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, nil)
 	body := readAll(t, resp)
 	if resp.StatusCode != 503 || !strings.Contains(body, `"code":"no_healthy_upstream"`) || !strings.Contains(body, `"message":`) {

@@ -166,3 +166,24 @@ func TestOddUpstreamStatusIsPassedOn(t *testing.T) {
 		t.Fatalf("logged status %v", line["status"])
 	}
 }
+
+// Readiness waits for a passing probe: a gateway in front of a flow server
+// that never came up is not ready, and becomes ready when it answers.
+func TestReadyOnlyAfterAProbePasses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	g := newGW(t, []string{"http://" + addr}, nil)
+	if g.Ready() {
+		t.Fatal("ready before any upstream answered a probe")
+	}
+	ff, err := fakeflow.Start(addr, fakeflow.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ff.Close()
+	g.waitHealth(t, 5*time.Second, g.Ready)
+}

@@ -58,7 +58,12 @@ func (g *Gateway) probe(ctx context.Context, c *http.Client, u *Upstream) {
 	if ctx.Err() != nil {
 		return // shutting down: a cancelled probe says nothing of the upstream
 	}
-	if changed, up := u.activeResult(ok, hc.HealthyThreshold, hc.UnhealthyThreshold); changed {
+	first := ok && !u.answered.Load()
+	changed, up := u.activeResult(ok, hc.HealthyThreshold, hc.UnhealthyThreshold)
+	if first && !changed {
+		g.notifyHealth() // readiness changes with the first passing probe
+	}
+	if changed {
 		fields := []zap.Field{zap.String("upstream", u.Name), zap.Bool("healthy", up)}
 		if err != nil {
 			fields = append(fields, zap.Error(err))

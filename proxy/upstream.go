@@ -22,6 +22,9 @@ type Upstream struct {
 	activeUp atomic.Bool
 	// coolUntil (unix nanoseconds) keeps a passively failed upstream out.
 	coolUntil atomic.Int64
+	// answered: an active probe has passed at least once. Readiness waits
+	// for it, so a gateway whose flow servers never came up is not ready.
+	answered atomic.Bool
 
 	mu        sync.Mutex
 	failTimes []time.Time // passive failures inside the window, oldest first
@@ -70,6 +73,7 @@ func (u *Upstream) activeResult(ok bool, healthyAfter, unhealthyAfter int) (chan
 	defer u.mu.Unlock()
 	was := u.activeUp.Load()
 	if ok {
+		u.answered.Store(true)
 		u.passes++
 		u.fails = 0
 		if !was && u.passes >= healthyAfter {

@@ -72,6 +72,25 @@ func startBinary(t *testing.T, bin string, args ...string) *started {
 	return s
 }
 
+// waitReady waits for /readyz to answer 200 (the first probe passed), so a
+// later 503 can only mean the drain.
+func waitReady(t *testing.T, s *started) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := http.Get("http://" + s.metrics + "/readyz")
+		if err == nil {
+			r.Body.Close()
+			if r.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz never answered 200")
+		}
+	}
+}
+
 // streamThroughBinary starts flowgate in front of a fakeflow streaming
 // tokens at tokenDelay, opens one stream and returns it once its first
 // line has arrived.
@@ -86,6 +105,7 @@ func streamThroughBinary(t *testing.T, tokens int, tokenDelay time.Duration) (*s
 	}
 	t.Cleanup(func() { ff.Close() })
 	s := startBinary(t, buildBinary(t), "-upstream", ff.URL())
+	waitReady(t, s)
 	resp, err := http.Post("http://"+s.listen+"/api/v1/prediction/"+flowID, "application/json",
 		strings.NewReader(`{"question":"hi","streaming":true}`))
 	if err != nil {

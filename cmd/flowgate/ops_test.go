@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
@@ -30,6 +31,20 @@ func TestOpsEndpoints(t *testing.T) {
 	g, err := proxy.New(cfg, proxy.Options{Logger: zap.NewNop(), Metrics: metrics.New(reg)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	g.Start()
+	defer g.Close()
+	// Readiness waits for the first passing probe.
+	for {
+		ch := g.HealthChanged()
+		if g.Ready() {
+			break
+		}
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatal("never ready")
+		}
 	}
 	gw := httptest.NewServer(g)
 	defer gw.Close()
