@@ -72,21 +72,21 @@ func startBinary(t *testing.T, bin string, args ...string) *started {
 	return s
 }
 
-// waitReady waits for /readyz to answer 200 (the first probe passed), so a
-// later 503 can only mean the drain.
-func waitReady(t *testing.T, s *started) {
+// waitReadyz waits until /readyz answers want: 200 once the first probe
+// passed, 503 once a drain began.
+func waitReadyz(t *testing.T, s *started, want int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		r, err := http.Get("http://" + s.metrics + "/readyz")
 		if err == nil {
 			r.Body.Close()
-			if r.StatusCode == http.StatusOK {
+			if r.StatusCode == want {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("/readyz never answered 200")
+			t.Fatalf("/readyz never answered %d", want)
 		}
 	}
 }
@@ -105,7 +105,7 @@ func streamThroughBinary(t *testing.T, tokens int, tokenDelay time.Duration) (*s
 	}
 	t.Cleanup(func() { ff.Close() })
 	s := startBinary(t, buildBinary(t), "-upstream", ff.URL())
-	waitReady(t, s)
+	waitReadyz(t, s, http.StatusOK)
 	resp, err := http.Post("http://"+s.listen+"/api/v1/prediction/"+flowID, "application/json",
 		strings.NewReader(`{"question":"hi","streaming":true}`))
 	if err != nil {
@@ -126,19 +126,7 @@ func sigtermAndWaitDraining(t *testing.T, s *started) {
 	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		r, err := http.Get("http://" + s.metrics + "/readyz")
-		if err == nil {
-			r.Body.Close()
-			if r.StatusCode == http.StatusServiceUnavailable {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("/readyz did not report the drain")
-		}
-	}
+	waitReadyz(t, s, http.StatusServiceUnavailable)
 }
 
 // SIGTERM during a 3-second stream: the stream completes and the process
