@@ -5,7 +5,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -53,8 +52,7 @@ type Gateway struct {
 	trustedNets         []netip.Prefix
 	secHeaders          []secHeader
 	staticExt           map[string]struct{}
-	staticCC            string
-	staticCCValue       []string // shared by every asset response; len == cap
+	staticCC            []string // asset Cache-Control, shared by every response (len == cap); nil: off
 	preserveHost        bool
 	gzipOn              bool
 	gzipMin             int64
@@ -92,7 +90,6 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		log:                 o.Logger,
 		metrics:             o.Metrics,
 		trustedNets:         p.TrustedNets(),
-		staticCC:            p.StaticCacheControlValue(),
 		staticExt:           map[string]struct{}{},
 		preserveHost:        p.PreserveHostOn(),
 		gzipOn:              p.Gzip.On(),
@@ -113,9 +110,11 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 	for k, v := range p.EffectiveSecurityHeaders() {
 		g.secHeaders = append(g.secHeaders, secHeader{http.CanonicalHeaderKey(k), []string{v}})
 	}
-	g.staticCCValue = []string{g.staticCC}
-	for _, e := range p.StaticExtensions {
-		g.staticExt[strings.ToLower(strings.TrimPrefix(e, "."))] = struct{}{}
+	if cc := p.StaticCacheControlValue(); cc != "" {
+		g.staticCC = []string{cc}
+	}
+	for _, e := range p.StaticExtensions { // lower-cased, without dots, by Validate
+		g.staticExt[e] = struct{}{}
 	}
 	for _, c := range cfg.Health.Passive.UnhealthyStatuses {
 		if c >= 0 && c < len(g.unhealthyStatus) {
@@ -127,13 +126,9 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		if err != nil {
 			return nil, fmt.Errorf("proxy: upstream %q: %w", uc.URL, err)
 		}
-		name := uc.Name
-		if name == "" {
-			name = u.Host
-		}
-		up := newUpstream(name, u)
+		up := newUpstream(uc.Name, u) // Validate names unnamed upstreams by host
 		g.ups = append(g.ups, up)
-		o.Metrics.UpstreamGauges(name,
+		o.Metrics.UpstreamGauges(up.Name,
 			func() float64 { return float64(up.InFlight()) },
 			func() float64 {
 				if up.Healthy(time.Now()) {
@@ -214,7 +209,7 @@ func (g *Gateway) Ready() bool {
 }
 
 // reqState is everything one request carries along the path. It is pooled;
-// init resets every field.
+// ServeHTTP starts from a zero value and finish zeroes it again.
 type reqState struct {
 	g    *Gateway
 	rw   responseWriter
@@ -229,7 +224,6 @@ type reqState struct {
 	streamReq   bool
 	body        *requestBody // nil, or &bodyBuf once a body was read
 	bodyBuf     requestBody
-	bodyLen     int64
 
 	up       *Upstream
 	tried    uint64
@@ -293,10 +287,8 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeError(&st.rw, st, berr.status, berr.code, berr.msg)
 			return
 		}
-		body := st.body
-		st.bodyLen = body.n
 		if st.info.IsFlow() {
-			st.streamReq = asksToStream(body.inMemory())
+			st.streamReq = asksToStream(st.body.inMemory())
 		}
 	}
 
@@ -374,14 +366,6 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 	// The body is already complete: waiting for a 100 from the upstream
 	// would only add a round trip.
 	pr.Out.Header.Del("Expect")
-	if b := st.body; b != nil {
-		if m := b.inMemory(); m != nil {
-			// ReverseProxy hides the body's type behind its own wrapper;
-			// handing net/http a bytes.Reader again lets it send headers
-			// and body in one write.
-			pr.Out.Body = io.NopCloser(bytes.NewReader(m))
-		}
-	}
 	g.setForwarded(pr, st)
 }
 
@@ -410,7 +394,7 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 	}
 	if st.isStatic && res.StatusCode >= 200 && res.StatusCode < 400 {
 		delete(h, "Cache-Control")
-		out["Cache-Control"] = g.staticCCValue
+		out["Cache-Control"] = g.staticCC
 	}
 	st.sse = isEventStream(h)
 	if st.sse {

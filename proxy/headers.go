@@ -117,7 +117,7 @@ func (g *Gateway) securityHeaders(src, dst http.Header) {
 // isStatic reports whether the path names a static asset whose responses
 // get the long-lived Cache-Control.
 func (g *Gateway) isStatic(p string) bool {
-	if g.staticCC == "" {
+	if g.staticCC == nil {
 		return false
 	}
 	ext := path.Ext(p)

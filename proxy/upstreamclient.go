@@ -290,6 +290,12 @@ func (rc *readCounter) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// wholeWriter hides the *bufio.Writer from Request.Write, which flushes the
+// headers on their own before any body it cannot see is in memory (and
+// ReverseProxy's body wrapper hides every body): one write per request
+// instead of two. The body of a request is always complete by now.
+type wholeWriter struct{ *bufio.Writer }
+
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
 
 // aLongTimeAgo is a deadline in the past: it fails blocked I/O at once.
@@ -313,7 +319,7 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 	cw := sentCounter{w: uc.conn}
 	bw := writerPool.Get().(*bufio.Writer)
 	bw.Reset(&cw)
-	err := req.Write(bw)
+	err := req.Write(wholeWriter{bw})
 	if err == nil {
 		err = bw.Flush()
 	}
