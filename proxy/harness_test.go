@@ -127,6 +127,29 @@ func predict(t *testing.T, c *http.Client, url, body string, hdr map[string]stri
 	return resp
 }
 
+// post is predict for worker goroutines: errors are returned, since only
+// the test's own goroutine may stop the test. A transport error is status 0.
+func post(c *http.Client, url, body string, hdr map[string]string) (int, string) {
+	req, err := http.NewRequest(http.MethodPost, url+predictPath, strings.NewReader(body))
+	if err != nil {
+		return 0, err.Error()
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err.Error()
+	}
+	return resp.StatusCode, string(b)
+}
+
 func readAll(t *testing.T, resp *http.Response) string {
 	t.Helper()
 	defer resp.Body.Close()

@@ -114,7 +114,7 @@ func TestActiveThresholds(t *testing.T) {
 	}
 }
 
-func TestRequestIDAndAcceptsGzip(t *testing.T) {
+func TestAcceptsGzip(t *testing.T) {
 	for ae, want := range map[string]bool{
 		"gzip": true, "gzip, deflate, br": true, "br;q=1, gzip;q=0.5": true,
 		"gzip;q=0": false, "identity": false, "": false, "deflate, gzip;q=0": false,

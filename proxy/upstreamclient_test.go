@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -241,5 +242,38 @@ func TestUpstreamClientBoundsResponseHeaders(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodGet, "http://"+ln.Addr().String()+"/", nil)
 	if _, err := c.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "too large") {
 		t.Fatalf("error %v, want headers too large", err)
+	}
+}
+
+// Sustained concurrent load reuses the pool: the upstream sees about as many
+// connections as there are concurrent requests, not one per request.
+func TestUpstreamClientDoesNotChurnConnections(t *testing.T) {
+	srv, opened, _ := connServer(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Write([]byte("ok"))
+	})
+	c := newUpstreamClient(time.Second, 64, time.Minute, &tls.Config{})
+	defer c.CloseIdleConnections()
+	const workers, each = 16, 50
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+				resp, err := c.RoundTrip(req)
+				if err != nil {
+					t.Error(err) // not Fatal: this is not the test's goroutine
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	if n := opened.Load(); n > workers {
+		t.Fatalf("%d requests over %d workers opened %d connections, want at most %d", workers*each, workers, n, workers)
 	}
 }
