@@ -36,7 +36,14 @@ type Server struct {
 	BodyReadTimeout Duration `yaml:"body_read_timeout"`
 	// IdleTimeout closes client keep-alive connections idle this long. Default 120s.
 	IdleTimeout Duration `yaml:"idle_timeout"`
-	// MaxHeaderBytes caps request header size. Default 1MiB.
+	// WriteIdleTimeout cuts a client that accepts no byte of its answer for
+	// this long, like nginx's send_timeout: a client that stops reading
+	// would otherwise hold its upstream (and its place in least-connections)
+	// for as long as it likes. It bounds each write, not the whole answer,
+	// so long streams are not cut. Default 60s.
+	WriteIdleTimeout Duration `yaml:"write_idle_timeout"`
+	// MaxHeaderBytes caps a request's header block; larger gets 431.
+	// Default 64KiB (Node, under Flowise, accepts 16KiB; nginx 32KiB).
 	MaxHeaderBytes ByteSize `yaml:"max_header_bytes"`
 	// ShutdownTimeout is how long SIGTERM waits for in-flight requests and
 	// streams before closing them. Default 30s.
@@ -60,6 +67,10 @@ type Proxy struct {
 	// the rest of a larger body (file uploads) waits in an unlinked temp
 	// file until it is forwarded. Default 8MiB.
 	MaxBodyInMemory ByteSize `yaml:"max_body_in_memory"`
+	// BodyMemoryBudget bounds the request bodies held in memory by all
+	// requests together; past it, bodies wait in temp files, so many
+	// concurrent large bodies cannot exhaust memory. Default 64MiB.
+	BodyMemoryBudget ByteSize `yaml:"body_memory_budget"`
 	// DialTimeout bounds connecting to an upstream. Default 5s.
 	DialTimeout Duration `yaml:"dial_timeout"`
 	// ResponseHeaderTimeout answers 504 when an upstream sends no response
@@ -90,9 +101,13 @@ type Proxy struct {
 	// PreserveHost sends the client's Host header upstream, like nginx's
 	// "proxy_set_header Host $host". Default true.
 	PreserveHost *bool `yaml:"preserve_host"`
-	// TrustedProxies lists CIDRs whose X-Forwarded-* and x-request-from
-	// headers are believed. Default: none.
+	// TrustedProxies lists CIDRs whose X-Forwarded-* headers are believed.
+	// Default: none.
 	TrustedProxies []string `yaml:"trusted_proxies"`
+	// PassRequestFrom forwards Flowise's x-request-from header when a
+	// trusted proxy sent it. Flowise treats "x-request-from: internal" as
+	// a call from its own UI, so it is dropped by default. Default false.
+	PassRequestFrom bool `yaml:"pass_request_from"`
 	// Gzip compresses text and JSON responses. Default on.
 	Gzip Gzip `yaml:"gzip"`
 	// UpstreamTLS configures connections to https:// upstreams.

@@ -84,6 +84,7 @@ func (v *validator) server() {
 	v.positive("server.read_header_timeout", s.ReadHeaderTimeout)
 	v.positive("server.body_read_timeout", s.BodyReadTimeout)
 	v.positive("server.idle_timeout", s.IdleTimeout)
+	v.positive("server.write_idle_timeout", s.WriteIdleTimeout)
 	v.positive("server.shutdown_timeout", s.ShutdownTimeout)
 	if s.MaxHeaderBytes <= 0 {
 		v.add("server.max_header_bytes", "must be greater than 0")
@@ -188,6 +189,9 @@ func (v *validator) proxy() {
 	}
 	if p.MaxBodyInMemory <= 0 {
 		v.add("proxy.max_body_in_memory", "must be greater than 0")
+	}
+	if p.BodyMemoryBudget <= 0 {
+		v.add("proxy.body_memory_budget", "must be greater than 0")
 	}
 	if f := p.UpstreamTLS.CAFile; f != "" {
 		if _, err := p.UpstreamTLS.CertPool(); err != nil {
