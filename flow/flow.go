@@ -3,7 +3,10 @@
 // the workflow without each parsing paths again.
 package flow
 
-import "strings"
+import (
+	"net/url"
+	"strings"
+)
 
 // Kind names the flow server that owns a route.
 type Kind uint8
@@ -57,11 +60,15 @@ func (i Info) IsFlow() bool { return i.Kind != Unknown }
 
 const apiPrefix = "/api/v1/"
 
-// Identify matches path (the decoded URL path, case-sensitive as Flowise's
-// router is) against the flow routes. It does not allocate: WorkflowID is a
-// substring of path.
+// Identify matches an escaped URL path (r.URL.EscapedPath()) against the
+// flow routes the way Express, Flowise's router, does: case-insensitively
+// (Flowise runs /api/v1/Prediction/{id}; a gateway that did not see a flow
+// there would skip its quotas and stream checks), on the path as sent, so
+// an escaped slash stays inside the id, which is then decoded. The id keeps
+// its case. It does not allocate unless the id is escaped: WorkflowID is
+// then a substring of path.
 func Identify(path string) Info {
-	if !strings.HasPrefix(path, apiPrefix) {
+	if len(path) < len(apiPrefix) || !strings.EqualFold(path[:len(apiPrefix)], apiPrefix) {
 		return Info{Route: RouteOther}
 	}
 	rest := path[len(apiPrefix):]
@@ -70,35 +77,51 @@ func Identify(path string) Info {
 		return Info{Route: RouteOther}
 	}
 	head, tail := rest[:slash], rest[slash+1:]
-	switch head {
-	case "prediction":
+	switch {
+	case strings.EqualFold(head, "prediction"):
 		return one(tail, RoutePrediction, Flowise, true)
-	case "internal-prediction":
+	case strings.EqualFold(head, "internal-prediction"):
 		return one(tail, RouteInternalPrediction, Flowise, true)
-	case "webhook":
+	case strings.EqualFold(head, "webhook"):
 		return one(tail, RouteWebhook, Flowise, true)
-	case "mcp":
+	case strings.EqualFold(head, "mcp"):
 		return one(tail, RouteMCP, Flowise, true)
-	case "run":
+	case strings.EqualFold(head, "run"):
 		return one(tail, RouteLangflowRun, Langflow, true)
-	case "vector":
-		if id, ok := strings.CutPrefix(tail, "upsert/"); ok {
+	case strings.EqualFold(head, "vector"):
+		if id, ok := cutFold(tail, "upsert/"); ok {
 			return one(id, RouteVectorUpsert, Flowise, true)
 		}
-	case "document-store":
-		if id, ok := strings.CutPrefix(tail, "upsert/"); ok {
+	case strings.EqualFold(head, "document-store"):
+		if id, ok := cutFold(tail, "upsert/"); ok {
 			return one(id, RouteDocStoreUpsert, Flowise, false)
 		}
 	}
 	return Info{Route: RouteOther}
 }
 
+func cutFold(s, prefix string) (string, bool) {
+	if len(s) < len(prefix) || !strings.EqualFold(s[:len(prefix)], prefix) {
+		return s, false
+	}
+	return s[len(prefix):], true
+}
+
 // one accepts a single id segment, with an optional trailing slash as
-// Express (Flowise's router) does, and nothing after it.
+// Express does, and nothing after it. The id is decoded as Express decodes
+// route parameters; one that does not decode is no route (Express answers
+// 400 for it).
 func one(seg, route string, kind Kind, runs bool) Info {
 	seg = strings.TrimSuffix(seg, "/")
 	if seg == "" || strings.IndexByte(seg, '/') >= 0 {
 		return Info{Route: RouteOther}
+	}
+	if strings.IndexByte(seg, '%') >= 0 {
+		id, err := url.PathUnescape(seg)
+		if err != nil || id == "" {
+			return Info{Route: RouteOther}
+		}
+		seg = id
 	}
 	return Info{WorkflowID: seg, Route: route, Kind: kind, Runs: runs}
 }

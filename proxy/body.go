@@ -8,32 +8,84 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Request bodies are read whole before anything is sent upstream: a retry
 // on another upstream needs them again, and Caddy, measured here, truncated
-// streams when it forwarded a body it was still reading. Up to
-// max_body_in_memory they stay in a pooled buffer; a larger body (an
-// upload) continues in an unlinked temp file, so memory stays bounded
-// whatever clients send.
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// streams when it forwarded a body it was still reading.
+//
+// Memory is bounded twice. A body larger than max_body_in_memory goes to an
+// unlinked temp file. And all bodies in memory together stay within
+// body_memory_budget: a body that does not fit goes to a temp file too, so
+// no number of concurrent clients can make bodies exhaust memory. Buffers
+// are sized exactly when Content-Length is known (bytes.Buffer doubles: an
+// 8 MiB body used to sit in 16 MiB) and grow in fixed chunks otherwise, and
+// the budget counts what is allocated, not what was asked for.
 
-// maxPooledBody keeps one large body from pinning its buffer in the pool.
-const maxPooledBody = 1 << 20
-
-type requestBody struct {
-	mem  *bytes.Buffer // the whole body, or its head when file is set
-	file *os.File      // the whole body when it outgrew memory
-	n    int64
+// bodyBudget is the process-wide account of request-body memory.
+type bodyBudget struct {
+	used  atomic.Int64
+	limit int64
 }
 
-// inMemory returns the body's bytes, or nil when it was spilled to disk.
+func (b *bodyBudget) take(n int64) bool {
+	if b.used.Add(n) > b.limit {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (b *bodyBudget) give(n int64) { b.used.Add(-n) }
+
+// Size classes of pooled body buffers. Typical flow requests are under a
+// KiB; larger bodies up to the last class are common enough (history,
+// uploads as base64) to pool; past it buffers are allocated exactly.
+var bodyClasses = [...]int{1 << 10, 4 << 10, 16 << 10, 64 << 10}
+
+var bodyPools [len(bodyClasses)]sync.Pool
+
+// chunkSize is the step by which a body of unknown length grows in memory.
+const chunkSize = 64 << 10
+
+// getBuf returns a buffer of length n and the class it came from (-1: not
+// pooled, allocated exactly).
+func getBuf(n int) ([]byte, int) {
+	for c, size := range bodyClasses {
+		if n <= size {
+			if p, ok := bodyPools[c].Get().(*[]byte); ok {
+				return (*p)[:n], c
+			}
+			return make([]byte, n, size), c
+		}
+	}
+	return make([]byte, n), -1
+}
+
+func putBuf(b []byte, class int) {
+	if class >= 0 {
+		b = b[:cap(b)]
+		bodyPools[class].Put(&b)
+	}
+}
+
+type requestBody struct {
+	buf    []byte   // the whole body when in memory
+	class  int      // buf's pool class, -1 when not pooled
+	file   *os.File // the whole body when it went to disk
+	n      int64
+	held   int64 // budget taken for buf
+	budget *bodyBudget
+}
+
+// inMemory returns the body's bytes, or nil when it went to disk.
 func (b *requestBody) inMemory() []byte {
 	if b.file != nil {
 		return nil
 	}
-	return b.mem.Bytes()
+	return b.buf
 }
 
 // reader returns a fresh reader over the whole body, for each attempt.
@@ -41,15 +93,20 @@ func (b *requestBody) reader() io.ReadCloser {
 	if b.file != nil {
 		return io.NopCloser(io.NewSectionReader(b.file, 0, b.n))
 	}
-	return io.NopCloser(bytes.NewReader(b.mem.Bytes()))
+	return io.NopCloser(bytes.NewReader(b.buf))
 }
 
+// release frees the body's memory or file. It is called once no attempt
+// can need the body again: when the upstream answered, or at the end.
 func (b *requestBody) release() {
 	if b.file != nil {
 		b.file.Close()
 	}
-	if b.mem != nil && b.mem.Cap() <= maxPooledBody {
-		bodyPool.Put(b.mem)
+	if b.buf != nil {
+		putBuf(b.buf, b.class)
+	}
+	if b.held > 0 {
+		b.budget.give(b.held)
 	}
 	*b = requestBody{}
 }
@@ -60,63 +117,143 @@ type bodyError struct {
 	msg    string
 }
 
-var errBodyTooLarge = &bodyError{http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds the gateway's limit"}
+var (
+	errBodyTooLarge = &bodyError{http.StatusRequestEntityTooLarge, "body_too_large", "request body exceeds the gateway's limit"}
+	errTooLarge     = errors.New("body too large")
+)
 
-// readBody reads r.Body into b, at most limit bytes, memLimit of them in
-// memory. The caller releases b once no attempt needs it, also on error.
-func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, limit, memLimit int64, timeout time.Duration) *bodyError {
-	if r.ContentLength > limit {
+// bodyLimits are the gateway's bounds on request bodies.
+type bodyLimits struct {
+	max     int64         // proxy.max_body_bytes
+	inMem   int64         // proxy.max_body_in_memory
+	timeout time.Duration // server.body_read_timeout
+	budget  *bodyBudget   // proxy.body_memory_budget
+}
+
+// readBody reads r.Body into b. The caller releases b once no attempt needs
+// it, also on error. On error the read deadline stays set, so nothing can
+// wait on the rest of the body; the error answer closes the connection.
+func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLimits) *bodyError {
+	if r.ContentLength > l.max {
 		return errBodyTooLarge
 	}
-	if timeout > 0 {
-		rc := http.NewResponseController(w)
-		_ = rc.SetReadDeadline(time.Now().Add(timeout))
-		// Cleared again so the deadline cannot fire on the connection
-		// while a long stream is being answered.
-		defer rc.SetReadDeadline(time.Time{})
+	b.budget = l.budget
+	b.class = -1
+	var rc *http.ResponseController
+	if l.timeout > 0 {
+		rc = http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Now().Add(l.timeout))
 	}
-	b.mem = bodyPool.Get().(*bytes.Buffer)
-	b.mem.Reset()
-	if r.ContentLength > 0 {
-		// Content-Length is the client's word: growing to it before the
-		// bytes arrive would let headers alone reserve max_body_in_memory.
-		b.mem.Grow(int(min(r.ContentLength, memLimit, 64<<10)))
-	}
-	_, err := b.mem.ReadFrom(io.LimitReader(r.Body, min(limit, memLimit)+1))
-	b.n = int64(b.mem.Len())
-	if err == nil && b.n > memLimit && b.n <= limit {
-		err = b.spill(r.Body, limit)
-	}
-	if err == nil && b.n > limit {
-		err = errTooLarge
+	var err error
+	if r.ContentLength >= 0 {
+		err = b.readKnown(r.Body, r.ContentLength, l)
+	} else {
+		err = b.readChunked(r.Body, l)
 	}
 	if err != nil {
 		return bodyReadError(r, err)
 	}
+	if rc != nil {
+		// Cleared so the deadline cannot fire on the connection while a
+		// long stream is being answered.
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	return nil
 }
 
-var errTooLarge = errors.New("body too large")
+// readKnown reads a body of declared length n: into one exact buffer when
+// it fits the in-memory limit and the budget, else straight to disk.
+// net/http stops the body at n bytes, and a short one fails the read.
+func (b *requestBody) readKnown(body io.Reader, n int64, l *bodyLimits) error {
+	if n <= l.inMem {
+		buf, class := getBuf(int(n))
+		if held := int64(cap(buf)); l.budget.take(held) {
+			b.buf, b.class, b.held = buf, class, held
+			_, err := io.ReadFull(body, buf)
+			b.n = n
+			return err
+		}
+		putBuf(buf, class)
+	}
+	return b.spill(nil, body, l.max)
+}
 
-// spill moves the body to an unlinked temp file and reads the rest into it.
-func (b *requestBody) spill(rest io.Reader, limit int64) error {
+// readChunked reads a body of unknown length in fixed chunks, moving to
+// disk when it outgrows the in-memory limit or the budget.
+func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
+	var chunks [][]byte
+	free := func() {
+		for _, c := range chunks {
+			l.budget.give(int64(cap(c)))
+			putBuf(c, len(bodyClasses)-1)
+		}
+		chunks = nil
+	}
+	var total int64
+	for {
+		if total >= l.inMem || !l.budget.take(chunkSize) {
+			err := b.spill(chunks, body, l.max)
+			free()
+			return err
+		}
+		c, _ := getBuf(chunkSize)
+		chunks = append(chunks, c)
+		m, err := io.ReadFull(body, c)
+		chunks[len(chunks)-1] = c[:m]
+		total += int64(m)
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			free()
+			return err
+		}
+	}
+	if total > l.max {
+		free()
+		return errTooLarge
+	}
+	b.n = total
+	if len(chunks) == 1 {
+		// Keep the one chunk as the body: no copy.
+		b.buf, b.class, b.held = chunks[0], len(bodyClasses)-1, chunkSize
+		return nil
+	}
+	// Join into one exact buffer. Both are accounted while the copy runs;
+	// if the budget cannot hold both, the body goes to disk instead.
+	if !l.budget.take(total) {
+		err := b.spill(chunks, body, l.max)
+		free()
+		return err
+	}
+	b.buf, b.class, b.held = make([]byte, 0, total), -1, total
+	for _, c := range chunks {
+		b.buf = append(b.buf, c...)
+	}
+	free()
+	return nil
+}
+
+// spill writes head, then the rest of the body, to an unlinked temp file.
+func (b *requestBody) spill(head [][]byte, rest io.Reader, limit int64) error {
 	f, err := os.CreateTemp("", "flowgate-body-*")
 	if err != nil {
 		return err
 	}
 	os.Remove(f.Name()) // gone from the directory; the space is freed on Close
 	b.file = f
-	if _, err := f.Write(b.mem.Bytes()); err != nil {
-		return err
+	var n int64
+	for _, c := range head {
+		if _, err := f.Write(c); err != nil {
+			return err
+		}
+		n += int64(len(c))
 	}
-	n, err := io.Copy(f, io.LimitReader(rest, limit+1-b.n))
-	b.n += n
-	// The file holds every byte now; the in-memory head is not needed for
-	// the rest of a possibly long upstream run.
-	if b.mem.Cap() <= maxPooledBody {
-		bodyPool.Put(b.mem)
+	m, err := io.Copy(f, io.LimitReader(rest, limit+1-n))
+	b.n = n + m
+	if err == nil && b.n > limit {
+		err = errTooLarge
 	}
-	b.mem = nil
 	return err
 }
 
@@ -128,6 +265,10 @@ func bodyReadError(r *http.Request, err error) *bodyError {
 		return &bodyError{http.StatusRequestTimeout, "body_timeout", "request body was not received in time"}
 	case r.Context().Err() != nil:
 		return &bodyError{StatusClientClosed, "client_closed", "client closed the request"}
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return errBodyTooLarge
 	}
 	var pe *os.PathError
 	if errors.As(err, &pe) {

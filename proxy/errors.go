@@ -49,6 +49,9 @@ func classify(err error, clientCtx, attemptCtx context.Context) failure {
 		// push upstreams out of rotation with such requests.
 		return failure{status: http.StatusBadRequest, code: "bad_request", message: "the request cannot be forwarded"}
 	}
+	if errors.Is(err, errBadStatus) || errors.Is(err, errHeaderTooLarge) {
+		return failure{status: http.StatusBadGateway, code: "upstream_protocol_error", message: "upstream sent an invalid answer", penalize: true}
+	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
 		// Out of descriptors or ports is flowgate's own trouble.

@@ -7,6 +7,7 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -58,9 +59,10 @@ type Gateway struct {
 	gzipMin             int64
 	gzipTypes           []string
 	unhealthyStatus     [600]bool
-	maxBody             int64
-	maxBodyInMemory     int64
-	bodyTimeout         time.Duration
+	body                bodyLimits
+	bodyBudget          bodyBudget
+	writeIdle           time.Duration
+	passRequestFrom     bool
 	headerTimeout       time.Duration
 	streamHeaderTimeout time.Duration
 	idleTimeout         time.Duration
@@ -95,14 +97,20 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		gzipOn:              p.Gzip.On(),
 		gzipMin:             int64(p.Gzip.MinSize),
 		gzipTypes:           p.Gzip.ContentTypes,
-		maxBody:             int64(p.MaxBodyBytes),
-		maxBodyInMemory:     int64(p.MaxBodyInMemory),
-		bodyTimeout:         cfg.Server.BodyReadTimeout.D(),
+		writeIdle:           cfg.Server.WriteIdleTimeout.D(),
+		passRequestFrom:     p.PassRequestFrom,
 		headerTimeout:       p.ResponseHeaderTimeout.D(),
 		streamHeaderTimeout: p.StreamResponseHeaderTimeout.D(),
 		idleTimeout:         p.IdleTimeout.D(),
 		retries:             p.Retries,
 		healthCh:            make(chan struct{}),
+	}
+	g.bodyBudget.limit = int64(p.BodyMemoryBudget)
+	g.body = bodyLimits{
+		max:     int64(p.MaxBodyBytes),
+		inMem:   int64(p.MaxBodyInMemory),
+		timeout: cfg.Server.BodyReadTimeout.D(),
+		budget:  &g.bodyBudget,
 	}
 	if cfg.Log.AccessLogOn() {
 		g.access = o.AccessLog
@@ -148,13 +156,19 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		return nil, fmt.Errorf("proxy: proxy.upstream_tls: %w", err)
 	}
 	g.lb = newLeastConn(g.ups, o.IntN)
+	// ReverseProxy logs what it could not do (a failed upgrade copy, a
+	// panic it recovered); at warn, so a logger raised to warn keeps it.
+	errLog, err := zap.NewStdLogAt(o.Logger.Named("reverseproxy"), zap.WarnLevel)
+	if err != nil {
+		return nil, err
+	}
 	g.rp = &httputil.ReverseProxy{
 		Rewrite:        g.rewrite,
 		Transport:      newUpstreamClient(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream, p.IdleConnTimeout.D(), g.upstreamTLS),
 		BufferPool:     newBufferPool(),
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.errorHandler,
-		ErrorLog:       zap.NewStdLog(o.Logger.Named("reverseproxy").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+		ErrorLog:       errLog,
 	}
 	g.states.New = func() any { return new(reqState) }
 	return g, nil
@@ -256,9 +270,21 @@ type attemptTimer struct {
 	t      *time.Timer
 	cancel context.CancelCauseFunc
 	inBody atomic.Bool // headers arrived: the timer now means idle
+
+	// On an upgraded connection both directions report activity from
+	// their own goroutines; a timestamp each is cheaper than a timer
+	// reset each, and fire re-arms for what is left. 0: not watching.
+	idle       time.Duration
+	lastActive atomic.Int64 // unix nanoseconds
 }
 
 func (a *attemptTimer) fire() {
+	if a.idle > 0 {
+		if left := a.idle - time.Duration(time.Now().UnixNano()-a.lastActive.Load()); left > 0 {
+			a.t.Reset(left)
+			return
+		}
+	}
 	if a.inBody.Load() {
 		a.cancel(errIdleTimeout)
 	} else {
@@ -266,24 +292,72 @@ func (a *attemptTimer) fire() {
 	}
 }
 
+// watchActivity turns the timer into an idle timer fed by active.
+func (a *attemptTimer) watchActivity(idle time.Duration) {
+	a.t.Stop()
+	a.idle = idle
+	a.active()
+	a.t.Reset(idle)
+}
+
+func (a *attemptTimer) active() { a.lastActive.Store(time.Now().UnixNano()) }
+
+// upgradedBody is an upgraded connection to the upstream; every byte in
+// either direction passes here and keeps it from idling out.
+type upgradedBody struct {
+	rwc io.ReadWriteCloser
+	at  *attemptTimer
+}
+
+func (u *upgradedBody) Read(p []byte) (int, error) {
+	n, err := u.rwc.Read(p)
+	if n > 0 {
+		u.at.active()
+	}
+	return n, err
+}
+
+func (u *upgradedBody) Write(p []byte) (int, error) {
+	n, err := u.rwc.Write(p)
+	if n > 0 {
+		u.at.active()
+	}
+	return n, err
+}
+
+func (u *upgradedBody) Close() error { return u.rwc.Close() }
+
 // ServeHTTP is the request path.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	st := g.states.Get().(*reqState)
 	*st = reqState{g: g, clientCtx: r.Context()}
-	st.rw.reset(w)
+	st.rw.reset(w, r, g.writeIdle)
 	defer g.finish(r, st, start)
 
 	st.id = requestID(r)
 	st.peer = clientAddr(r)
 	st.trustedPeer = len(g.trustedNets) > 0 && g.trusted(st.peer)
-	st.info = flow.Identify(r.URL.Path)
+	st.info = flow.Identify(r.URL.EscapedPath())
 	st.isStatic = !st.info.IsFlow() && g.isStatic(r.URL.Path)
 	st.acceptGzip = g.gzipOn && acceptsGzip(r.Header.Get("Accept-Encoding"))
 
+	if r.Method == http.MethodConnect || r.Method == http.MethodTrace {
+		// Neither has a use in front of a flow server, and Node destroys
+		// the socket of a CONNECT it has no handler for: forwarded, it
+		// would let any client count failures against a healthy upstream.
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		writeError(&st.rw, st, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed through the gateway")
+		return
+	}
+
 	if r.ContentLength > 0 || (r.ContentLength < 0 && r.Body != http.NoBody) {
 		st.body = &st.bodyBuf
-		if berr := readBody(w, r, st.body, g.maxBody, g.maxBodyInMemory, g.bodyTimeout); berr != nil {
+		if berr := readBody(w, r, st.body, &g.body); berr != nil {
+			// Whatever of the body is still on the way must not be read
+			// as the next request, nor waited for: the answer closes the
+			// connection.
+			w.Header().Set("Connection", "close")
 			writeError(&st.rw, st, berr.status, berr.code, berr.msg)
 			return
 		}
@@ -303,6 +377,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		st.tried |= 1 << uint(idx)
+		if st.attempts > 0 {
+			g.metrics.Retry() // counted once it is sent, not when hoped for
+		}
 		st.attempts++
 		st.up = up
 		st.failed = false
@@ -311,7 +388,6 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if st.fail.retry && st.attempts <= g.retries && r.Context().Err() == nil {
-			g.metrics.Retry()
 			continue
 		}
 		writeError(&st.rw, st, st.fail.status, st.fail.code, st.fail.message)
@@ -381,18 +457,31 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 	g.securityHeaders(h, out)
 	delete(h, "X-Request-Id")
 	out["X-Request-Id"] = []string{st.id}
-	if res.StatusCode == http.StatusSwitchingProtocols {
-		// An upgraded connection (WebSocket) lives as long as both ends
-		// want; ReverseProxy needs the raw body to hijack it.
-		st.timer.t.Stop()
-		return nil
+	// The upstream has answered, so no attempt can need the request body
+	// again: a long stream does not hold it.
+	if st.body != nil {
+		st.bodyBuf.release()
+		st.body = nil
 	}
 	st.timer.inBody.Store(true)
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		// An upgraded connection (WebSocket) lives as long as both ends
+		// want, but not idle: the idle timeout holds between bytes in
+		// either direction. ReverseProxy needs a read-write body.
+		rwc, ok := res.Body.(io.ReadWriteCloser)
+		if !ok {
+			return errors.New("upstream's 101 answer has no connection to upgrade")
+		}
+		st.timer.watchActivity(g.idleTimeout)
+		st.rw.noWriteDeadline()
+		res.Body = &upgradedBody{rwc: rwc, at: st.timer}
+		return nil
+	}
 	st.timer.t.Reset(g.idleTimeout)
 	if c := res.StatusCode; c >= 0 && c < len(g.unhealthyStatus) && g.unhealthyStatus[c] {
 		g.passiveFailure(st.up, "status")
 	}
-	if st.isStatic && res.StatusCode >= 200 && res.StatusCode < 400 {
+	if st.isStatic && res.StatusCode >= 200 && res.StatusCode < 400 && !forbidsSharedCaching(h) {
 		delete(h, "Cache-Control")
 		out["Cache-Control"] = g.staticCC
 	}
@@ -487,6 +576,13 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 		if st.cut == "client_closed" || (!st.ub.eof && r.Context().Err() != nil) {
 			st.status = StatusClientClosed
 		}
+	}
+	if st.rw.stalled() {
+		// The client stopped reading for write_idle_timeout and was cut;
+		// the upstream was released with it.
+		st.cut = "client_write_timeout"
+		st.status = StatusClientClosed
+		g.metrics.ResponseCut(st.cut)
 	}
 	g.metrics.ObserveRequest(st.info.Route, r.Method, st.status, d)
 	if g.access != nil {

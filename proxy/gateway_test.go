@@ -286,22 +286,34 @@ func TestForwardedHeadersAndTrust(t *testing.T) {
 		"X-Request-ID":      "client-id-1",
 	}
 	cases := []struct {
-		name    string
-		trusted []string
-		want    map[string]string // "" means absent
+		name     string
+		trusted  []string
+		passFrom bool
+		want     map[string]string // "" means absent
 	}{
-		{"untrusted client", nil, map[string]string{
+		{"untrusted client", nil, false, map[string]string{
 			"X-Forwarded-For": "127.0.0.1", "X-Real-Ip": "127.0.0.1", "X-Forwarded-Proto": "http",
 			"X-Request-From": "", "Forwarded": "", "X-Request-Id": "client-id-1",
 		}},
-		{"trusted proxy", []string{"127.0.0.0/8"}, map[string]string{
+		{"untrusted client, pass_request_from on", nil, true, map[string]string{
+			"X-Request-From": "",
+		}},
+		// x-request-from is dropped even from trusted proxies unless the
+		// operator turned pass_request_from on.
+		{"trusted proxy", []string{"127.0.0.0/8"}, false, map[string]string{
 			"X-Forwarded-For": "203.0.113.9, 127.0.0.1", "X-Real-Ip": "203.0.113.9", "X-Forwarded-Proto": "https",
-			"X-Request-From": "internal", "Forwarded": "for=203.0.113.9",
+			"X-Request-From": "", "Forwarded": "for=203.0.113.9",
+		}},
+		{"trusted proxy, pass_request_from on", []string{"127.0.0.0/8"}, true, map[string]string{
+			"X-Request-From": "internal",
 		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			g := newGW(t, []string{ff.URL()}, func(c *config.Config) { c.Proxy.TrustedProxies = tc.trusted })
+			g := newGW(t, []string{ff.URL()}, func(c *config.Config) {
+				c.Proxy.TrustedProxies = tc.trusted
+				c.Proxy.PassRequestFrom = tc.passFrom
+			})
 			resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, spoof)
 			readAll(t, resp)
 			mu.Lock()

@@ -88,11 +88,14 @@ func (g *Gateway) setForwarded(pr *httputil.ProxyRequest, st *reqState) {
 		out.Header.Set("X-Forwarded-For", peerS)
 		out.Header.Set("X-Forwarded-Host", in.Host)
 		out.Header.Set("X-Real-Ip", peerS)
-		// Flowise treats "x-request-from: internal" as a call from its own
-		// UI; only a proxy we trust may say so. Forwarded (RFC 7239) would
-		// let a client forge its address past us.
-		out.Header.Del("X-Request-From")
+		// Forwarded (RFC 7239) would let a client forge its address past us.
 		out.Header.Del("Forwarded")
+	}
+	// Flowise treats "x-request-from: internal" as a call from its own UI,
+	// past its API keys. Only a trusted proxy may say so, and only when the
+	// operator asked for it.
+	if !g.passRequestFrom || !st.trustedPeer {
+		out.Header.Del("X-Request-From")
 	}
 	out.Header.Set("X-Forwarded-Proto", proto)
 	out.Header.Set("X-Request-Id", st.id)
@@ -115,9 +118,10 @@ func (g *Gateway) securityHeaders(src, dst http.Header) {
 }
 
 // isStatic reports whether the path names a static asset whose responses
-// get the long-lived Cache-Control.
+// get the long-lived Cache-Control. Nothing under /api/ is an asset, whatever
+// its extension: an API answer must never be cached for a year.
 func (g *Gateway) isStatic(p string) bool {
-	if g.staticCC == nil {
+	if g.staticCC == nil || len(p) >= 5 && strings.EqualFold(p[:5], "/api/") {
 		return false
 	}
 	ext := path.Ext(p)
@@ -126,6 +130,26 @@ func (g *Gateway) isStatic(p string) bool {
 	}
 	_, ok := g.staticExt[strings.ToLower(ext[1:])]
 	return ok
+}
+
+// forbidsSharedCaching reports whether the upstream's Cache-Control keeps a
+// response out of shared caches (private, no-store): the asset
+// Cache-Control must not override that. Weaker directives (no-cache,
+// max-age=0, as Express's static files send) are replaced, as nginx's
+// seed config did.
+func forbidsSharedCaching(h http.Header) bool {
+	for _, v := range h["Cache-Control"] {
+		for d := range strings.SplitSeq(v, ",") {
+			d = strings.TrimSpace(d)
+			if i := strings.IndexAny(d, "= "); i >= 0 {
+				d = d[:i]
+			}
+			if strings.EqualFold(d, "private") || strings.EqualFold(d, "no-store") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 const hexDigits = "0123456789abcdef"

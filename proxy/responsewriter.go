@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"net"
 	"net/http"
+	"os"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/gzip"
 )
@@ -14,24 +17,90 @@ import (
 // proxy decided so from the upstream's headers, and keeps Flusher, Hijacker
 // and Unwrap so SSE flushing, WebSocket upgrades and
 // http.ResponseController still reach the connection.
+//
+// It also bounds every write to the client (server.write_idle_timeout, like
+// nginx's send_timeout): a client that stops reading is cut, which releases
+// the upstream and its place in least-connections. The deadline is moved
+// forward as writes go through, so a long stream to a reading client is
+// never cut.
 type responseWriter struct {
 	w           http.ResponseWriter
 	status      int
 	bytes       int64 // bytes written to the client (compressed size)
 	wroteHeader bool
 	compress    bool // set before WriteHeader by the proxy's response hook
+	http10      bool // the client speaks HTTP/1.0: no 1xx answers for it
 	gz          *gzip.Writer
+
+	dl        deadliner // nil when the writer cannot take a deadline
+	writeIdle time.Duration
+	armedAt   time.Time // when the write deadline was last moved
+	werr      error     // the first failed write to the client
 }
 
-func (rw *responseWriter) reset(w http.ResponseWriter) {
-	*rw = responseWriter{w: w}
+type deadliner interface{ SetWriteDeadline(time.Time) error }
+
+// rearmEvery: the deadline moves at most this often, so a stream of small
+// frames costs a clock read per write, not a timer update.
+const rearmEvery = time.Second
+
+// reset starts a request. The write deadline is set at once, not at the
+// first write: net/http itself writes before the handler does (100
+// Continue), and a deadline left over from the connection's previous
+// request may have passed.
+func (rw *responseWriter) reset(w http.ResponseWriter, r *http.Request, writeIdle time.Duration) {
+	*rw = responseWriter{w: w, http10: !r.ProtoAtLeast(1, 1), writeIdle: writeIdle}
+	if writeIdle <= 0 {
+		return
+	}
+	if d, ok := w.(deadliner); ok {
+		rw.dl = d
+		rw.armedAt = time.Now()
+		_ = d.SetWriteDeadline(rw.armedAt.Add(writeIdle))
+	}
+}
+
+// arm moves the write deadline forward before a write.
+func (rw *responseWriter) arm() {
+	if rw.dl == nil {
+		return
+	}
+	if now := time.Now(); now.Sub(rw.armedAt) >= rearmEvery {
+		rw.armedAt = now
+		_ = rw.dl.SetWriteDeadline(now.Add(rw.writeIdle))
+	}
+}
+
+// noWriteDeadline lifts the deadline from a connection about to be
+// hijacked: it would outlive the request on the raw connection.
+func (rw *responseWriter) noWriteDeadline() {
+	if rw.dl != nil {
+		_ = rw.dl.SetWriteDeadline(time.Time{})
+		rw.dl = nil
+	}
+}
+
+// stalled reports whether the client was cut for not reading.
+func (rw *responseWriter) stalled() bool {
+	return rw.werr != nil && errors.Is(rw.werr, os.ErrDeadlineExceeded)
+}
+
+func (rw *responseWriter) noteErr(err error) {
+	if err != nil && rw.werr == nil {
+		rw.werr = err
+	}
 }
 
 func (rw *responseWriter) Header() http.Header { return rw.w.Header() }
 
 func (rw *responseWriter) WriteHeader(code int) {
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
-		rw.w.WriteHeader(code) // informational: the real answer follows
+		// Informational: the real answer follows. RFC 9110 (15.2) forbids
+		// sending one to an HTTP/1.0 client.
+		if !rw.http10 {
+			rw.arm()
+			rw.w.WriteHeader(code)
+		}
 		return
 	}
 	if rw.wroteHeader {
@@ -50,11 +119,13 @@ func (rw *responseWriter) Write(b []byte) (int, error) {
 	if !rw.wroteHeader {
 		rw.WriteHeader(http.StatusOK)
 	}
+	rw.arm()
 	if rw.gz != nil {
 		return rw.gz.Write(b)
 	}
 	n, err := rw.w.Write(b)
 	rw.bytes += int64(n)
+	rw.noteErr(err)
 	return n, err
 }
 
@@ -64,6 +135,7 @@ type countingWriter struct{ rw *responseWriter }
 func (c countingWriter) Write(b []byte) (int, error) {
 	n, err := c.rw.w.Write(b)
 	c.rw.bytes += int64(n)
+	c.rw.noteErr(err)
 	return n, err
 }
 
@@ -74,15 +146,20 @@ func (rw *responseWriter) FlushError() error {
 	if !rw.wroteHeader {
 		rw.WriteHeader(http.StatusOK)
 	}
+	rw.arm()
 	if rw.gz != nil {
 		if err := rw.gz.Flush(); err != nil {
 			return err
 		}
 	}
+	var err error
 	if f, ok := rw.w.(interface{ FlushError() error }); ok {
-		return f.FlushError()
+		err = f.FlushError()
+	} else {
+		err = http.NewResponseController(rw.w).Flush()
 	}
-	return http.NewResponseController(rw.w).Flush()
+	rw.noteErr(err)
+	return err
 }
 
 func (rw *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {

@@ -274,7 +274,15 @@ type readCounter struct {
 // Transport does by default.
 const maxResponseHeader = 1 << 20
 
-var errHeaderTooLarge = errors.New("upstream response headers too large")
+var (
+	errHeaderTooLarge = errors.New("upstream response headers too large")
+	errBadStatus      = errors.New("upstream answered with a status below 100")
+)
+
+// earlyAnswerWait bounds the wait for an answer on a connection whose
+// request write failed: what the upstream sent before closing is already
+// in the socket buffer.
+const earlyAnswerWait = time.Second
 
 func (rc *readCounter) Read(p []byte) (int, error) {
 	if rc.limit > 0 {
@@ -325,13 +333,25 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 	}
 	bw.Reset(nil)
 	writerPool.Put(bw)
+	var writeErr error
 	if err != nil {
-		stop()
-		uc.conn.Close()
 		if cw.n == 0 && uc.reused && cw.err != nil && ctx.Err() == nil {
+			stop()
+			uc.conn.Close()
 			return nil, errors.Join(errStaleConn, err)
 		}
-		return nil, ctxErr(ctx, err)
+		if cw.n == 0 || cw.err == nil || ctx.Err() != nil {
+			stop()
+			uc.conn.Close()
+			return nil, ctxErr(ctx, err)
+		}
+		// The connection failed part-way through the request. An upstream
+		// may answer before it has read a large body (413, 404, 431) and
+		// close: that answer is the one to pass on, and no failure of the
+		// upstream's. Whatever it sent is already here, so a short
+		// deadline only guards against a peer that sent nothing.
+		writeErr = err
+		uc.conn.SetReadDeadline(time.Now().Add(earlyAnswerWait))
 	}
 
 	trace := httptrace.ContextClientTrace(ctx)
@@ -343,10 +363,20 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 		if err != nil {
 			stop()
 			uc.conn.Close()
+			if writeErr != nil {
+				return nil, ctxErr(ctx, writeErr)
+			}
 			if uc.reused && uc.in.n == before && ctx.Err() == nil {
 				return nil, errors.Join(errClosedIdle, err)
 			}
 			return nil, ctxErr(ctx, err)
+		}
+		if resp.StatusCode < 100 {
+			// ReadResponse takes any three digits; net/http's server
+			// panics on a status below 100, so it never gets that far.
+			stop()
+			uc.conn.Close()
+			return nil, errBadStatus
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			if n1xx == max1xx {
@@ -376,6 +406,12 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 			// connection; it lives until either side closes.
 			resp.Body = &upgradedConn{uc: uc, stop: stop}
 			return resp, nil
+		}
+		if writeErr != nil {
+			// The request was not all sent: the connection is done. The
+			// short read deadline stays: the connection failed, so all of
+			// the answer there will ever be is already buffered.
+			resp.Close = true
 		}
 		reusable := !resp.Close && !req.Close
 		if resp.Body == http.NoBody {
