@@ -131,17 +131,17 @@ type bodyLimits struct {
 }
 
 // readBody reads r.Body into b. The caller releases b once no attempt needs
-// it, also on error. On error the read deadline stays set, so nothing can
-// wait on the rest of the body; the error answer closes the connection.
+// it, also on error. On error nothing more is read from the connection,
+// and the error answer closes it.
 func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLimits) *bodyError {
+	rc := http.NewResponseController(w)
 	if r.ContentLength > l.max {
+		_ = rc.SetReadDeadline(aLongTimeAgo)
 		return errBodyTooLarge
 	}
 	b.budget = l.budget
 	b.class = -1
-	var rc *http.ResponseController
 	if l.timeout > 0 {
-		rc = http.NewResponseController(w)
 		_ = rc.SetReadDeadline(time.Now().Add(l.timeout))
 	}
 	var err error
@@ -151,9 +151,13 @@ func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLim
 		err = b.readChunked(r.Body, l)
 	}
 	if err != nil {
+		// net/http reads on after the handler to find the body's end
+		// (up to 256 KiB), waiting on a client that may never send it;
+		// a deadline in the past makes that read fail at once.
+		_ = rc.SetReadDeadline(aLongTimeAgo)
 		return bodyReadError(r, err)
 	}
-	if rc != nil {
+	if l.timeout > 0 {
 		// Cleared so the deadline cannot fire on the connection while a
 		// long stream is being answered.
 		_ = rc.SetReadDeadline(time.Time{})
@@ -201,6 +205,10 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 		m, err := io.ReadFull(body, c)
 		chunks[len(chunks)-1] = c[:m]
 		total += int64(m)
+		if total > l.max {
+			free()
+			return errTooLarge
+		}
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			break
 		}
@@ -208,10 +216,6 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 			free()
 			return err
 		}
-	}
-	if total > l.max {
-		free()
-		return errTooLarge
 	}
 	b.n = total
 	if len(chunks) == 1 {

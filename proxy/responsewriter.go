@@ -34,14 +34,17 @@ type responseWriter struct {
 
 	dl        deadliner // nil when the writer cannot take a deadline
 	writeIdle time.Duration
+	rearm     time.Duration
 	armedAt   time.Time // when the write deadline was last moved
 	werr      error     // the first failed write to the client
 }
 
 type deadliner interface{ SetWriteDeadline(time.Time) error }
 
-// rearmEvery: the deadline moves at most this often, so a stream of small
-// frames costs a clock read per write, not a timer update.
+// rearmEvery: the deadline moves at most this often (or a quarter of the
+// timeout, if that is shorter), so a stream of small frames costs a clock
+// read per write, not a timer update, and the deadline is always at least
+// three quarters of the timeout ahead of a write.
 const rearmEvery = time.Second
 
 // reset starts a request. The write deadline is set at once, not at the
@@ -49,7 +52,7 @@ const rearmEvery = time.Second
 // Continue), and a deadline left over from the connection's previous
 // request may have passed.
 func (rw *responseWriter) reset(w http.ResponseWriter, r *http.Request, writeIdle time.Duration) {
-	*rw = responseWriter{w: w, http10: !r.ProtoAtLeast(1, 1), writeIdle: writeIdle}
+	*rw = responseWriter{w: w, http10: !r.ProtoAtLeast(1, 1), writeIdle: writeIdle, rearm: min(rearmEvery, writeIdle/4)}
 	if writeIdle <= 0 {
 		return
 	}
@@ -65,7 +68,7 @@ func (rw *responseWriter) arm() {
 	if rw.dl == nil {
 		return
 	}
-	if now := time.Now(); now.Sub(rw.armedAt) >= rearmEvery {
+	if now := time.Now(); now.Sub(rw.armedAt) >= rw.rearm {
 		rw.armedAt = now
 		_ = rw.dl.SetWriteDeadline(now.Add(rw.writeIdle))
 	}

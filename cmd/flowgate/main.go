@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -205,7 +206,10 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 	g.Start()
 	defer g.Close()
 
-	errLog := zap.NewStdLog(log.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
+	errLog, err := newHTTPErrorLog(log)
+	if err != nil {
+		return err
+	}
 	main := &http.Server{
 		Addr:              cfg.Server.Listen,
 		Handler:           g,
@@ -217,13 +221,14 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		// Bodies get their own read deadline; responses an idle timeout.
 	}
 	servers := []*http.Server{main}
+	var metricsSrv, adminSrv *http.Server
 	if cfg.Server.MetricsListen != "" {
-		servers = append(servers, &http.Server{Addr: cfg.Server.MetricsListen, Handler: opsHandler(reg, g),
-			ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog})
+		metricsSrv = opsServer(cfg.Server.MetricsListen, opsHandler(reg, g), cfg.Server, errLog)
+		servers = append(servers, metricsSrv)
 	}
 	if cfg.Server.AdminListen != "" {
-		servers = append(servers, &http.Server{Addr: cfg.Server.AdminListen, Handler: admin.Handler(cfg.Admin.Token, g),
-			ReadHeaderTimeout: 5 * time.Second, ErrorLog: errLog})
+		adminSrv = opsServer(cfg.Server.AdminListen, admin.Handler(cfg.Admin.Token, g), cfg.Server, errLog)
+		servers = append(servers, adminSrv)
 	}
 
 	// Bind every listener before serving any, so a taken port fails the
@@ -238,6 +243,9 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 			return fmt.Errorf("listen %s: %w", s.Addr, err)
 		}
 		lns[i] = ln
+		// The bound address, for the start line: a port 0 becomes the
+		// port the kernel chose. Serve(ln) does not read Addr.
+		s.Addr = ln.Addr().String()
 	}
 	errc := make(chan error, len(servers))
 	for i, s := range servers {
@@ -247,8 +255,8 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 	for _, u := range cfg.Upstreams {
 		ups = append(ups, u.URL)
 	}
-	log.Info("flowgate started", zap.String("version", version), zap.String("listen", lns[0].Addr().String()),
-		zap.String("metrics_listen", cfg.Server.MetricsListen), zap.String("admin_listen", cfg.Server.AdminListen),
+	log.Info("flowgate started", zap.String("version", version), zap.String("listen", main.Addr),
+		zap.String("metrics_listen", boundAddr(metricsSrv)), zap.String("admin_listen", boundAddr(adminSrv)),
 		zap.Strings("upstreams", ups))
 	_ = log.Sync() // the start line is what supervisors and tests wait for
 	if demo != nil {
@@ -289,6 +297,71 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 	}
 	log.Info("flowgate stopped")
 	return nil
+}
+
+// newHTTPErrorLog is the ErrorLog of flowgate's http.Servers. net/http
+// writes to it what it cannot answer to a client: accept errors, handler
+// panics, TLS handshake failures, misused ResponseWriters. Each of those
+// is worth a look, so the lines are logged at warn, which a log.level of
+// warn still shows. (zap.NewStdLog would log them at info, under the
+// level of a logger raised to warn: they vanished.)
+func newHTTPErrorLog(log *zap.Logger) (*stdlog.Logger, error) {
+	l, err := zap.NewStdLogAt(log.Named("http"), zap.WarnLevel)
+	if err != nil {
+		return nil, fmt.Errorf("http error log: %w", err)
+	}
+	return l, nil
+}
+
+// Limits of the metrics and admin listeners. Their requests are small
+// GETs from Prometheus, probes and an operator, so unlike the proxy
+// listener they can have total read and write timeouts, and tight ones:
+// nothing there streams or uploads.
+const (
+	// opsReadHeaderTimeout caps server.read_header_timeout: a probe or a
+	// scrape sends its headers at once.
+	opsReadHeaderTimeout = 5 * time.Second
+	// opsReadTimeout bounds reading a whole request, headers and body:
+	// these endpoints take no body worth waiting for, and a client that
+	// trickles one holds a connection and a goroutine until it elapses.
+	opsReadTimeout = 10 * time.Second
+	// opsWriteTimeout bounds writing an answer. A /metrics scrape is the
+	// largest, a few hundred KiB at most, and Prometheus gives up after
+	// its scrape_timeout (10 s by default) anyway; without it a client
+	// that stops reading holds the handler forever.
+	opsWriteTimeout = 30 * time.Second
+	// opsMaxHeaderBytes is the header block these listeners accept (net/http
+	// allows 4 KiB of slack on top); larger gets 431. Probes, scrapes and an
+	// admin token fit in far less, and the proxy listener's larger
+	// server.max_header_bytes exists for browsers' cookies, which never
+	// come here.
+	opsMaxHeaderBytes = 16 << 10
+)
+
+// opsServer is the http.Server of the metrics and of the admin listener.
+// Keep-alive connections close after server.idle_timeout: without an
+// IdleTimeout (and with no ReadTimeout to fall back on) an idle
+// connection stayed open for good, so every scraper, probe or client
+// that kept one open held a file descriptor and a goroutine until exit.
+func opsServer(addr string, h http.Handler, s config.Server, errLog *stdlog.Logger) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: min(s.ReadHeaderTimeout.D(), opsReadHeaderTimeout),
+		ReadTimeout:       opsReadTimeout,
+		WriteTimeout:      opsWriteTimeout,
+		IdleTimeout:       s.IdleTimeout.D(),
+		MaxHeaderBytes:    opsMaxHeaderBytes,
+		ErrorLog:          errLog,
+	}
+}
+
+// boundAddr is the address s listens on, or "" for a listener that is off.
+func boundAddr(s *http.Server) string {
+	if s == nil {
+		return ""
+	}
+	return s.Addr
 }
 
 // servePprof exposes the runtime profiles on their own listener, never on

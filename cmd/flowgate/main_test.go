@@ -34,36 +34,37 @@ func buildBinary(t *testing.T) string {
 
 type started struct {
 	cmd     *exec.Cmd
-	listen  string
-	metrics string
+	listen  string // the proxy listener's bound address, from the start line
+	metrics string // the metrics listener's
+	admin   string // the admin listener's
 	exited  chan error
 }
 
-// startBinary runs flowgate and waits for its start line.
+// startBinary runs flowgate with every listener on a port of the kernel's
+// choosing and waits for its start line, which names the bound addresses.
 func startBinary(t *testing.T, bin string, args ...string) *started {
 	t.Helper()
-	metricsLn, _ := net.Listen("tcp", "127.0.0.1:0")
-	metrics := metricsLn.Addr().String()
-	metricsLn.Close()
-	args = append([]string{"-listen", "127.0.0.1:0", "-metrics-listen", metrics, "-admin-listen", "127.0.0.1:0"}, args...)
+	args = append([]string{"-listen", "127.0.0.1:0", "-metrics-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0"}, args...)
 	cmd := exec.Command(bin, args...)
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	s := &started{cmd: cmd, metrics: metrics, exited: make(chan error, 1)}
+	s := &started{cmd: cmd, exited: make(chan error, 1)}
 	t.Cleanup(func() { cmd.Process.Kill() })
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var line map[string]any
 		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "flowgate started" {
-			s.listen = line["listen"].(string)
+			s.listen, _ = line["listen"].(string)
+			s.metrics, _ = line["metrics_listen"].(string)
+			s.admin, _ = line["admin_listen"].(string)
 			break
 		}
 	}
-	if s.listen == "" {
-		t.Fatal("flowgate did not start")
+	if s.listen == "" || s.metrics == "" || s.admin == "" {
+		t.Fatalf("flowgate did not start (or its start line lacks an address): %+v", s)
 	}
 	go func() {
 		io.Copy(io.Discard, out)
