@@ -76,6 +76,7 @@ type Gateway struct {
 
 	upstreamTLS *tls.Config
 
+	ctx         context.Context // the health checks' lifetime, from Start
 	stop        context.CancelFunc
 	wg          sync.WaitGroup
 	probeClient *http.Client
@@ -177,7 +178,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 // Start begins active health checks; they stop when Close is called.
 func (g *Gateway) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
-	g.stop = cancel
+	g.ctx, g.stop = ctx, cancel
 	if g.cfg.Health.Active.On() {
 		g.activeChecks(ctx)
 	}

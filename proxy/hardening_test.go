@@ -504,3 +504,84 @@ func TestFlowRoutesIgnoreCase(t *testing.T) {
 		t.Fatalf("stream without end passed as complete: %v %q %v", err, frames, line)
 	}
 }
+
+// resettingUpstream answers the health path (with pingStatus) and resets
+// every other request, as Node does with requests it refuses to parse.
+func resettingUpstream(t *testing.T, pingStatus int) string {
+	return rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			io.Copy(io.Discard, req.Body)
+			if req.URL.Path != "/api/v1/ping" {
+				return // closed without an answer
+			}
+			fmt.Fprintf(c, "HTTP/1.1 %d X\r\nContent-Length: 4\r\n\r\npong", pingStatus)
+		}
+	})
+}
+
+// Failures a client can cause (the upstream closing on a request it
+// refuses) count against an upstream only when a health probe fails too.
+func TestClientCausedFailuresNeedAFailingProbe(t *testing.T) {
+	mutate := func(c *config.Config) {
+		c.Health.Passive.MaxFails = 1
+		c.Health.Active.Interval = config.Duration(time.Hour) // only the confirming probes
+	}
+	t.Run("probe passes", func(t *testing.T) {
+		g := newGW(t, []string{resettingUpstream(t, 200), resettingUpstream(t, 200)}, mutate)
+		const n = 4
+		for range n {
+			resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, nil)
+			readAll(t, resp)
+			if resp.StatusCode != http.StatusBadGateway {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+		}
+		deadline := time.After(5 * time.Second)
+		for {
+			ch := g.HealthChanged()
+			var forgiven int64
+			for _, e := range g.logs.FilterMessage("upstream failures not counted: the health probe passed").All() {
+				forgiven += e.ContextMap()["failures"].(int64)
+			}
+			if forgiven == n {
+				break
+			}
+			select {
+			case <-ch:
+			case <-deadline:
+				t.Fatalf("%d of %d failures checked by a probe", forgiven, n)
+			}
+		}
+		for _, u := range g.Upstreams() {
+			if !u.Healthy(time.Now()) {
+				t.Fatalf("%s taken out by failures its probe did not confirm", u.Name)
+			}
+		}
+	})
+	t.Run("probe fails", func(t *testing.T) {
+		bad := resettingUpstream(t, 500)
+		g := newGW(t, []string{bad, resettingUpstream(t, 200)}, mutate)
+		// Requests land on either upstream; each failure is followed by a
+		// probe's verdict, announced on HealthChanged.
+		for i := 0; g.Upstreams()[0].Healthy(time.Now()); i++ {
+			if i == 20 {
+				t.Fatal("an upstream whose probe fails was never taken out")
+			}
+			ch := g.HealthChanged()
+			resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, nil)
+			readAll(t, resp)
+			select {
+			case <-ch:
+			case <-time.After(5 * time.Second):
+				t.Fatal("no verdict after a failure")
+			}
+		}
+		if !g.Upstreams()[1].Healthy(time.Now()) {
+			t.Fatal("the upstream whose probe passes was taken out")
+		}
+	})
+}

@@ -42,19 +42,8 @@ func (g *Gateway) activeChecks(ctx context.Context) {
 
 func (g *Gateway) probe(ctx context.Context, c *http.Client, u *Upstream) {
 	hc := g.cfg.Health.Active
-	target := *u.URL
-	target.Path = joinPath(u.URL.Path, hc.Path)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
-	if err != nil {
-		return
-	}
-	req.Header.Set("User-Agent", "flowgate-healthcheck")
-	resp, err := c.Do(req)
+	resp, err := probeOnce(ctx, c, u, hc.Path)
 	ok := err == nil && resp.StatusCode >= 200 && resp.StatusCode < 300
-	if resp != nil {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
-		resp.Body.Close()
-	}
 	if ctx.Err() != nil {
 		return // shutting down: a cancelled probe says nothing of the upstream
 	}
@@ -75,20 +64,87 @@ func (g *Gateway) probe(ctx context.Context, c *http.Client, u *Upstream) {
 	}
 }
 
+// probeOnce asks the upstream's health path once. The answer's body is
+// read (bounded) and closed; resp is nil when err is set.
+func probeOnce(ctx context.Context, c *http.Client, u *Upstream, path string) (*http.Response, error) {
+	target := *u.URL
+	target.Path = joinPath(u.URL.Path, path)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("User-Agent", "flowgate-healthcheck")
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	resp.Body.Close()
+	return resp, nil
+}
+
 // passiveFailure counts a failure seen on real traffic.
+//
+// A failure after the request was sent (the connection reset or closed
+// without an answer, a body cut short) may be the request's doing: Node
+// destroys the socket of requests it refuses to parse, and any client can
+// send those. Such failures count only once a probe of the health path
+// fails too; one probe at a time answers for all the failures seen while
+// it runs. Connection failures and the configured statuses count at once.
+// Without active checks there is no probe, and every failure counts.
 func (g *Gateway) passiveFailure(u *Upstream, reason string) {
 	g.metrics.UpstreamFailure(u.Name, reason)
 	ph := g.cfg.Health.Passive
 	if !ph.On() {
 		return
 	}
+	if clientCausable(reason) && g.probeClient != nil {
+		u.unconfirmed.Add(1)
+		if u.confirming.CompareAndSwap(false, true) {
+			// Not in g.wg: Close cancels g.ctx, which ends the probe at once.
+			go g.confirm(u, reason)
+		}
+		return
+	}
+	g.countPassive(u, reason, 1)
+}
+
+func clientCausable(reason string) bool {
+	return reason == "upstream_error" || reason == "body_read"
+}
+
+// confirm probes u and counts the failures waiting on it if the probe fails.
+func (g *Gateway) confirm(u *Upstream, reason string) {
+	resp, err := probeOnce(g.ctx, g.probeClient, u, g.cfg.Health.Active.Path)
+	// Failures that arrive from here on wait for the next probe.
+	u.confirming.Store(false)
+	n := u.unconfirmed.Swap(0)
+	switch {
+	case g.ctx.Err() != nil:
+	case err != nil || resp.StatusCode < 200 || resp.StatusCode > 299:
+		g.countPassive(u, reason, int(n))
+	default:
+		g.log.Debug("upstream failures not counted: the health probe passed",
+			zap.String("upstream", u.Name), zap.String("reason", reason), zap.Int64("failures", n))
+	}
+	g.notifyHealth() // tests wait on the verdict
+}
+
+// countPassive records n failures against u's passive health.
+func (g *Gateway) countPassive(u *Upstream, reason string, n int) {
+	ph := g.cfg.Health.Passive
 	now := time.Now()
-	if u.passiveFail(now, ph.MaxFails, ph.FailWindow.D(), ph.Cooldown.D(), g.othersHealthy(u, now)) {
+	ejected := false
+	for range n {
+		ejected = ejected || u.passiveFail(now, ph.MaxFails, ph.FailWindow.D(), ph.Cooldown.D(), g.othersHealthy(u, now))
+	}
+	if ejected {
 		g.log.Warn("passive health check took upstream out",
 			zap.String("upstream", u.Name), zap.String("reason", reason), zap.Duration("cooldown", ph.Cooldown.D()))
 		g.notifyHealth()
 	}
 }
+
 
 // othersHealthy reports whether an upstream other than u can take traffic.
 // Passive checks never take out the last one, as nginx ignores max_fails

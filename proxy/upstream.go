@@ -26,6 +26,11 @@ type Upstream struct {
 	// for it, so a gateway whose flow servers never came up is not ready.
 	answered atomic.Bool
 
+	// confirming: a probe is checking failures that a client could have
+	// caused; unconfirmed counts the failures it answers for.
+	confirming  atomic.Bool
+	unconfirmed atomic.Int64
+
 	mu        sync.Mutex
 	failTimes []time.Time // passive failures inside the window, oldest first
 	passes    int         // consecutive active passes
