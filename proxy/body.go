@@ -50,18 +50,26 @@ var bodyPools [len(bodyClasses)]sync.Pool
 // chunkSize is the step by which a body of unknown length grows in memory.
 const chunkSize = 64 << 10
 
-// getBuf returns a buffer of length n and the class it came from (-1: not
-// pooled, allocated exactly).
-func getBuf(n int) ([]byte, int) {
+// bufClass returns the pool class of a buffer for n bytes (-1: not pooled,
+// allocated exactly) and the capacity it will have.
+func bufClass(n int) (class, capacity int) {
 	for c, size := range bodyClasses {
 		if n <= size {
-			if p, ok := bodyPools[c].Get().(*[]byte); ok {
-				return (*p)[:n], c
-			}
-			return make([]byte, n, size), c
+			return c, size
 		}
 	}
-	return make([]byte, n), -1
+	return -1, n
+}
+
+// getBuf returns a buffer of length n from class.
+func getBuf(n, class int) []byte {
+	if class < 0 {
+		return make([]byte, n)
+	}
+	if p, ok := bodyPools[class].Get().(*[]byte); ok {
+		return (*p)[:n]
+	}
+	return make([]byte, n, bodyClasses[class])
 }
 
 func putBuf(b []byte, class int) {
@@ -136,7 +144,7 @@ type bodyLimits struct {
 func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLimits) *bodyError {
 	rc := http.NewResponseController(w)
 	if r.ContentLength > l.max {
-		_ = rc.SetReadDeadline(aLongTimeAgo)
+		lingerClose(w, rc)
 		return errBodyTooLarge
 	}
 	b.budget = l.budget
@@ -151,11 +159,16 @@ func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLim
 		err = b.readChunked(r.Body, l)
 	}
 	if err != nil {
-		// net/http reads on after the handler to find the body's end
-		// (up to 256 KiB), waiting on a client that may never send it;
-		// a deadline in the past makes that read fail at once.
-		_ = rc.SetReadDeadline(aLongTimeAgo)
-		return bodyReadError(r, err)
+		be := bodyReadError(r, err)
+		if be == errBodyTooLarge {
+			lingerClose(w, rc)
+		} else {
+			// net/http reads on after the handler to find the body's
+			// end (up to 256 KiB), waiting on a client that may never
+			// send it; a deadline in the past makes that fail at once.
+			_ = rc.SetReadDeadline(aLongTimeAgo)
+		}
+		return be
 	}
 	if l.timeout > 0 {
 		// Cleared so the deadline cannot fire on the connection while a
@@ -170,14 +183,15 @@ func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLim
 // net/http stops the body at n bytes, and a short one fails the read.
 func (b *requestBody) readKnown(body io.Reader, n int64, l *bodyLimits) error {
 	if n <= l.inMem {
-		buf, class := getBuf(int(n))
-		if held := int64(cap(buf)); l.budget.take(held) {
-			b.buf, b.class, b.held = buf, class, held
-			_, err := io.ReadFull(body, buf)
+		// The budget is taken before the buffer exists: a body that does
+		// not fit must not allocate it first.
+		class, capacity := bufClass(int(n))
+		if l.budget.take(int64(capacity)) {
+			b.buf, b.class, b.held = getBuf(int(n), class), class, int64(capacity)
+			_, err := io.ReadFull(body, b.buf)
 			b.n = n
 			return err
 		}
-		putBuf(buf, class)
 	}
 	return b.spill(nil, body, l.max)
 }
@@ -200,7 +214,7 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 			free()
 			return err
 		}
-		c, _ := getBuf(chunkSize)
+		c := getBuf(chunkSize, len(bodyClasses)-1)
 		chunks = append(chunks, c)
 		m, err := io.ReadFull(body, c)
 		chunks[len(chunks)-1] = c[:m]
@@ -281,6 +295,25 @@ func bodyReadError(r *http.Request, err error) *bodyError {
 	}
 	return &bodyError{http.StatusBadRequest, "body_unreadable", "request body could not be read"}
 }
+
+// lingerRead bounds what net/http still reads of a refused body while the
+// answer goes out.
+const lingerRead = time.Second
+
+// lingerClose makes net/http end the connection after the answer as it does
+// when a body passes http.MaxBytesReader's limit: it sends the answer and a
+// FIN, and waits a moment before closing. A client still sending a body
+// that is too large then reads the 413 instead of a connection reset. The
+// one byte read here is not the client's: it only trips that limit.
+func lingerClose(w http.ResponseWriter, rc *http.ResponseController) {
+	_, _ = http.MaxBytesReader(w, oneByte{}, 0).Read(make([]byte, 1))
+	_ = rc.SetReadDeadline(time.Now().Add(lingerRead))
+}
+
+type oneByte struct{}
+
+func (oneByte) Read(p []byte) (int, error) { return copy(p, "x"), nil }
+func (oneByte) Close() error               { return nil }
 
 var streamingKey = []byte(`"streaming"`)
 

@@ -501,14 +501,8 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 		}
 		st.rw.compress = true
 	}
-	st.ub = upstreamBody{
-		rc:  res.Body,
-		st:  st,
-		sse: st.sse,
-		// The end-event check reads plain frames; an upstream that
-		// compressed its own stream is passed through unchecked.
-		flowiseSSE: st.sse && st.info.Kind == flow.Flowise && st.info.Runs && h.Get("Content-Encoding") == "",
-	}
+	st.ub.init(res.Body, st, st.sse && h.Get("Content-Encoding") == "",
+		st.info.Kind == flow.Flowise && st.info.Runs)
 	res.Body = &st.ub
 	return nil
 }

@@ -145,7 +145,6 @@ func (g *Gateway) countPassive(u *Upstream, reason string, n int) {
 	}
 }
 
-
 // othersHealthy reports whether an upstream other than u can take traffic.
 // Passive checks never take out the last one, as nginx ignores max_fails
 // for a lone server: with nowhere else to go, failing every request is

@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/sse"
+
 	"net/url"
 	"testing"
 	"time"
@@ -125,14 +128,39 @@ func TestAcceptsGzip(t *testing.T) {
 	}
 }
 
+// The error frame is parsed as an event of its own wherever the upstream
+// stopped: after a whole frame, mid-line, mid-event, after a CR (which
+// would swallow an LF), after a comment.
 func TestErrorFrame(t *testing.T) {
-	got := string(errorFrame([]byte("message:\ndata:{\"event\":\"token\",\"data\":\"a\"}\n\n"), "cut"))
-	if got != "message:\ndata:{\"event\":\"error\",\"data\":\"cut\"}\n\n" {
-		t.Fatalf("frame after a whole frame: %q", got)
+	const tok = `{"event":"token","data":"a"}`
+	cases := []struct {
+		name, upstream string
+		prefix         string // what errorFrame must put before the frame
+	}{
+		{"whole LF frame", "message:\ndata:" + tok + "\n\n", ""},
+		{"whole CRLF frame", "message:\r\ndata:" + tok + "\r\n\r\n", ""},
+		{"whole CR frame", "message:\rdata:" + tok + "\r\r", "\n"},
+		{"mid line", "message:\ndata:{\"ev", "\n\n"},
+		{"mid event", "message:\ndata:" + tok + "\n", "\n\n"},
+		{"mid event after CR", "message:\rdata:" + tok + "\r", "\n\n\n"},
+		{"after a comment", ":heartbeat\n\n", ""},
+		{"nothing yet", "", ""},
 	}
-	got = string(errorFrame([]byte("message:\ndata:{\"ev"), "cut"))
-	if got != "\n\nmessage:\ndata:{\"event\":\"error\",\"data\":\"cut\"}\n\n" {
-		t.Fatalf("frame after a partial frame: %q", got)
+	for _, tc := range cases {
+		var p sse.Parser
+		p.Feed([]byte(tc.upstream), nil)
+		f := errorFrame(&p, "cut")
+		want := tc.prefix + "message:\ndata:{\"event\":\"error\",\"data\":\"cut\"}\n\n"
+		if string(f) != want {
+			t.Errorf("%s: frame %q, want %q", tc.name, f, want)
+		}
+		// What a client parses: the error is the last event, and whole.
+		var last []byte
+		var q sse.Parser
+		q.Feed([]byte(tc.upstream+string(f)), func(ev *sse.Event) { last = append(last[:0], ev.Data...) })
+		if name, ok := flow.FlowiseEvent(last); !ok || string(name) != "error" {
+			t.Errorf("%s: last event a client parses is %q", tc.name, last)
+		}
 	}
 }
 

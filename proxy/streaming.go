@@ -1,13 +1,15 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/sse"
 )
 
 // isEventStream reports whether a response is SSE. Flowise decides to
@@ -29,21 +31,46 @@ func isEventStream(h http.Header) bool {
 // it for complete: an SSE client gets a Flowise error frame, and every
 // client gets a connection closed without the final chunk (the error
 // returned here makes ReverseProxy abort the handler).
+//
+// An SSE answer is parsed as it passes (package sse): a Flowise stream is
+// complete only when its last event is the end event, read as JSON, so key
+// order and spacing do not matter and a token whose text is "[DONE]" is
+// not an end.
 type upstreamBody struct {
 	rc io.ReadCloser
 	st *reqState
+	// parse: an uncompressed SSE answer, fed to parser. An upstream that
+	// compressed its own stream is passed through unchecked.
+	parse bool
 	// flowiseSSE: an SSE answer of a Flowise flow route, which always ends
 	// with an "end" event; an EOF before it is a cut.
 	flowiseSSE bool
-	sse        bool
-	tail       []byte // last bytes seen, to find the end event
-	tailBuf    [48]byte
+	parser     sse.Parser
+	emit       func(*sse.Event)
+	ended      bool  // the last event was Flowise's end
 	pending    error // error held back while its bytes are delivered
 	done       bool
 	eof        bool // the upstream's answer was read to its end
 }
 
-var endEvent = []byte(`"data":"[DONE]"}`)
+// maxCheckedEvent bounds what the stream check holds of one event. Flowise's
+// end event is a few dozen bytes; a larger event is cut by the parser and so
+// can never read as an end.
+const maxCheckedEvent = 64 << 10
+
+func (b *upstreamBody) init(rc io.ReadCloser, st *reqState, parse, flowiseSSE bool) {
+	*b = upstreamBody{rc: rc, st: st, parse: parse, flowiseSSE: flowiseSSE && parse}
+	if b.parse {
+		b.parser.MaxEventBytes = maxCheckedEvent
+		if b.flowiseSSE {
+			b.emit = b.onEvent
+		}
+	}
+}
+
+func (b *upstreamBody) onEvent(ev *sse.Event) {
+	b.ended = !ev.Truncated && flow.IsFlowiseEnd(ev.Data)
+}
 
 func (b *upstreamBody) Read(p []byte) (int, error) {
 	if b.done {
@@ -55,15 +82,15 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if n > 0 {
 		b.st.rearm()
-		if b.flowiseSSE {
-			b.keepTail(p[:n])
+		if b.parse {
+			b.parser.Feed(p[:n], b.emit)
 		}
 	}
 	if err == nil {
 		return n, nil
 	}
 	if err == io.EOF {
-		if !b.flowiseSSE || bytes.HasSuffix(bytes.TrimRight(b.tail, "\r\n"), endEvent) {
+		if !b.flowiseSSE || b.ended {
 			b.eof = true
 			return n, io.EOF
 		}
@@ -99,36 +126,29 @@ func (b *upstreamBody) fail(p []byte, err error) (int, error) {
 		return 0, err
 	}
 	st.g.metrics.ResponseCut(reason)
-	if !b.sse {
+	if !b.parse {
 		return 0, err
 	}
-	frame := errorFrame(b.tail, "flowgate: the upstream ended the stream early ("+reason+"); the answer is incomplete")
+	frame := errorFrame(&b.parser, "flowgate: the upstream ended the stream early ("+reason+"); the answer is incomplete")
 	if len(frame) > len(p) {
 		return 0, err
 	}
 	return copy(p, frame), err
 }
 
-func (b *upstreamBody) keepTail(p []byte) {
-	if len(p) >= len(b.tailBuf) {
-		b.tail = append(b.tailBuf[:0], p[len(p)-len(b.tailBuf):]...)
-		return
-	}
-	keep := len(b.tailBuf) - len(p)
-	if len(b.tail) > keep {
-		b.tail = append(b.tailBuf[:0], b.tail[len(b.tail)-keep:]...)
-	}
-	b.tail = append(b.tail, p...)
-}
-
 func (b *upstreamBody) Close() error { return b.rc.Close() }
 
 // errorFrame builds `message:\ndata:{"event":"error","data":"..."}\n\n`,
-// preceded by a blank line when the upstream stopped in the middle of a
-// frame, so the error is parsed as a frame of its own.
-func errorFrame(tail []byte, msg string) []byte {
-	f := make([]byte, 0, 64+len(msg))
-	if len(tail) > 0 && !bytes.HasSuffix(tail, []byte("\n\n")) {
+// so that it is parsed as an event of its own wherever the upstream
+// stopped: a CR it ended on would swallow our first LF as its CRLF, and a
+// partial line or event is ended first (the client sees that partial event,
+// then the error).
+func errorFrame(p *sse.Parser, msg string) []byte {
+	f := make([]byte, 0, 72+len(msg))
+	if p.AfterCR() {
+		f = append(f, '\n')
+	}
+	if !p.AtBoundary() {
 		f = append(f, "\n\n"...)
 	}
 	f = append(f, "message:\ndata:{\"event\":\"error\",\"data\":"...)
