@@ -275,13 +275,13 @@ type attemptTimer struct {
 	// On an upgraded connection both directions report activity from
 	// their own goroutines; a timestamp each is cheaper than a timer
 	// reset each, and fire re-arms for what is left. 0: not watching.
-	idle       time.Duration
+	idle       atomic.Int64 // time.Duration; atomic: set while fire may run
 	lastActive atomic.Int64 // unix nanoseconds
 }
 
 func (a *attemptTimer) fire() {
-	if a.idle > 0 {
-		if left := a.idle - time.Duration(time.Now().UnixNano()-a.lastActive.Load()); left > 0 {
+	if idle := time.Duration(a.idle.Load()); idle > 0 {
+		if left := idle - time.Duration(time.Now().UnixNano()-a.lastActive.Load()); left > 0 {
 			a.t.Reset(left)
 			return
 		}
@@ -296,7 +296,7 @@ func (a *attemptTimer) fire() {
 // watchActivity turns the timer into an idle timer fed by active.
 func (a *attemptTimer) watchActivity(idle time.Duration) {
 	a.t.Stop()
-	a.idle = idle
+	a.idle.Store(int64(idle))
 	a.active()
 	a.t.Reset(idle)
 }
