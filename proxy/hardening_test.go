@@ -381,26 +381,9 @@ func TestSlowSteadyReaderIsNotCut(t *testing.T) {
 // An upgraded connection is closed after proxy.idle_timeout without a byte
 // in either direction, and kept while bytes flow.
 func TestUpgradedConnectionIdleTimeout(t *testing.T) {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		fmt.Fprint(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			fmt.Fprint(brw, "echo: "+line)
-			brw.Flush()
-		}
-	}))
-	defer up.Close()
+	up := wsEchoUpstream(t)
 	const idle = 300 * time.Millisecond
-	g := newGW(t, []string{up.URL}, func(c *config.Config) {
+	g := newGW(t, []string{up}, func(c *config.Config) {
 		c.Health.Active.Enabled = ptr(false)
 		c.Proxy.IdleTimeout = config.Duration(idle)
 		// Longer than the whole exchange: a write deadline left on the

@@ -129,8 +129,9 @@ func TestStreamIdleTimeout(t *testing.T) {
 	}
 }
 
-// WebSocket upgrades pass through both ways.
-func TestUpgradePassesThrough(t *testing.T) {
+// wsEchoUpstream answers the health path and upgrades every other request
+// to a line-echoing WebSocket stand-in.
+func wsEchoUpstream(t *testing.T) string {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/api/v1/ping" {
 			io.WriteString(w, "pong")
@@ -147,12 +148,22 @@ func TestUpgradePassesThrough(t *testing.T) {
 		defer conn.Close()
 		fmt.Fprint(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 		brw.Flush()
-		line, _ := brw.ReadString('\n')
-		fmt.Fprint(brw, "echo: "+line)
-		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			fmt.Fprint(brw, "echo: "+line)
+			brw.Flush()
+		}
 	}))
-	defer up.Close()
-	g := newGW(t, []string{up.URL}, nil)
+	t.Cleanup(up.Close)
+	return up.URL
+}
+
+// WebSocket upgrades pass through both ways.
+func TestUpgradePassesThrough(t *testing.T) {
+	g := newGW(t, []string{wsEchoUpstream(t)}, nil)
 
 	conn, err := net.Dial("tcp", strings.TrimPrefix(g.URL, "http://"))
 	if err != nil {
