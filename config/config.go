@@ -15,6 +15,7 @@ type Config struct {
 	Log       Log        `yaml:"log"`
 	Admin     Admin      `yaml:"admin"`
 	Redis     Redis      `yaml:"redis"`
+	Cache     Cache      `yaml:"cache"`
 
 	// src maps key paths to file lines so Validate can name them; nil for
 	// a config built in code. Not part of the YAML schema.
@@ -220,6 +221,41 @@ type Redis struct {
 	PasswordFile string `yaml:"password_file"`
 	// DB number. Default 0.
 	DB int `yaml:"db"`
+}
+
+// Cache configures the response cache of flow predictions. It is off for
+// every workflow until enabled, by default or per workflow. The second level
+// is Redis when redis.addr is set, shared by every replica.
+type Cache struct {
+	// MaxMemory bounds the in-process level, in bytes of stored answers.
+	// Default 256MiB.
+	MaxMemory ByteSize `yaml:"max_memory"`
+	// MaxEntryBytes is the largest answer stored; a larger one is passed
+	// on and not cached. Default 1MiB.
+	MaxEntryBytes ByteSize `yaml:"max_entry_bytes"`
+	// VaryHeaders are the request headers that carry the caller's
+	// credentials: their values split the key, so an answer is never
+	// served to a caller with other credentials. Default [Authorization,
+	// X-Api-Key].
+	VaryHeaders []string `yaml:"vary_headers"`
+	// Default is the policy of workflows not listed in Workflows.
+	// Default {enabled: false, ttl: 1h, stateless: false}.
+	Default CachePolicy `yaml:"default"`
+	// Workflows are per-workflow policies by flow id; a key not set
+	// inherits Default's.
+	Workflows map[string]CachePolicy `yaml:"workflows"`
+}
+
+// CachePolicy is one workflow's cache policy.
+type CachePolicy struct {
+	// Enabled caches the workflow's answers. Default false.
+	Enabled *bool `yaml:"enabled"`
+	// TTL is how long an answer is served from the cache. Default 1h.
+	TTL Duration `yaml:"ttl"`
+	// Stateless says the flow has no memory, so requests with a chatId or
+	// sessionId may be answered from the cache too. Default false: a
+	// conversation is never served a stored turn.
+	Stateless *bool `yaml:"stateless"`
 }
 
 // Bool reads an optional boolean with its default.

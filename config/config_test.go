@@ -748,6 +748,9 @@ func TestMarshalRoundTrip(t *testing.T) {
 	if len(got.Proxy.TrustedProxies) == 0 && len(got.Health.Passive.UnhealthyStatuses) == 0 {
 		got.Proxy.TrustedProxies, got.Health.Passive.UnhealthyStatuses = nil, nil
 	}
+	if len(got.Cache.Workflows) == 0 {
+		got.Cache.Workflows = nil
+	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("round trip through\n%s\ngot  %+v\nwant %+v", out, got, want)
 	}

@@ -96,7 +96,56 @@ func Default() Config {
 		},
 		Admin: Admin{},
 		Redis: Redis{},
+		Cache: Cache{
+			MaxMemory:     256 * MiB,
+			MaxEntryBytes: 1 * MiB,
+			VaryHeaders:   []string{"Authorization", "X-Api-Key"},
+			Default:       CachePolicy{Enabled: ptr(false), TTL: Duration(time.Hour), Stateless: ptr(false)},
+		},
 	}
+}
+
+// ResolvedCachePolicy is a workflow's cache policy with every field set.
+type ResolvedCachePolicy struct {
+	Enabled   bool
+	TTL       time.Duration
+	Stateless bool
+}
+
+// Policy returns the cache policy of workflow: its own keys over Default's,
+// over the built-in defaults (off, 1h, not stateless).
+func (c Cache) Policy(workflow string) ResolvedCachePolicy {
+	p := ResolvedCachePolicy{
+		Enabled:   Bool(c.Default.Enabled, false),
+		TTL:       time.Hour,
+		Stateless: Bool(c.Default.Stateless, false),
+	}
+	if c.Default.TTL > 0 {
+		p.TTL = c.Default.TTL.D()
+	}
+	w, ok := c.Workflows[workflow]
+	if !ok {
+		return p
+	}
+	p.Enabled = Bool(w.Enabled, p.Enabled)
+	p.Stateless = Bool(w.Stateless, p.Stateless)
+	if w.TTL > 0 {
+		p.TTL = w.TTL.D()
+	}
+	return p
+}
+
+// AnyEnabled reports whether some workflow may be cached.
+func (c Cache) AnyEnabled() bool {
+	if Bool(c.Default.Enabled, false) {
+		return true
+	}
+	for _, w := range c.Workflows {
+		if Bool(w.Enabled, false) {
+			return true
+		}
+	}
+	return false
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -37,6 +37,7 @@ func (c *Config) validate() ErrorList {
 	v.health()
 	v.log()
 	v.redis()
+	v.cache()
 	return v.errs
 }
 
@@ -303,6 +304,34 @@ func (v *validator) log() {
 	case "debug", "info", "warn", "error":
 	default:
 		v.add("log.level", "must be debug, info, warn or error, not %q", v.c.Log.Level)
+	}
+}
+
+func (v *validator) cache() {
+	c := &v.c.Cache
+	if c.MaxMemory <= 0 {
+		v.add("cache.max_memory", "must be greater than 0")
+	}
+	if c.MaxEntryBytes <= 0 {
+		v.add("cache.max_entry_bytes", "must be greater than 0")
+	} else if c.MaxMemory > 0 && c.MaxEntryBytes > c.MaxMemory {
+		v.add("cache.max_entry_bytes", "must not exceed cache.max_memory")
+	}
+	for i, h := range c.VaryHeaders {
+		if !isToken(h) {
+			v.add("cache.vary_headers["+strconv.Itoa(i)+"]", "%q is not a header name", h)
+		}
+	}
+	if c.Default.TTL < 0 {
+		v.add("cache.default.ttl", "must not be negative")
+	}
+	for id, w := range c.Workflows {
+		if id == "" {
+			v.add("cache.workflows", "a workflow id must not be empty")
+		}
+		if w.TTL < 0 {
+			v.add("cache.workflows."+id+".ttl", "must not be negative")
+		}
 	}
 }
 

@@ -19,6 +19,8 @@ type Metrics struct {
 	upstreamFailures *prometheus.CounterVec
 	retries          prometheus.Counter
 	streamsCut       *prometheus.CounterVec
+	cacheRequests    *prometheus.CounterVec
+	cacheErrors      *prometheus.CounterVec
 	reg              prometheus.Registerer
 
 	// series caches the request counter and histogram per label set:
@@ -69,10 +71,26 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name:      "responses_cut_total",
 			Help:      "Responses that ended before the upstream finished them, by reason.",
 		}, []string{"reason"}),
+		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "cache_requests_total",
+			Help:      "Flow requests of workflows with caching on, by result: hit, miss, bypass (not cacheable or no-store), refresh (no-cache), coalesced (answered by an identical request in flight).",
+		}, []string{"result"}),
+		cacheErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "cache_errors_total",
+			Help:      "Cache operations that failed and were skipped, by level (memory, redis).",
+		}, []string{"level"}),
 	}
-	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut)
+	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut, m.cacheRequests, m.cacheErrors)
 	return m
 }
+
+// CacheResult counts one cache decision (hit, miss, bypass, refresh, coalesced).
+func (m *Metrics) CacheResult(result string) { m.cacheRequests.WithLabelValues(result).Inc() }
+
+// CacheError counts a failed cache operation at level (memory, redis).
+func (m *Metrics) CacheError(level string) { m.cacheErrors.WithLabelValues(level).Inc() }
 
 // UpstreamGauges registers per-upstream gauges read at scrape time, so the
 // hot path pays nothing for them.
