@@ -236,7 +236,7 @@ type Cache struct {
 	// VaryHeaders are the request headers that carry the caller's
 	// credentials: their values split the key, so an answer is never
 	// served to a caller with other credentials. Default [Authorization,
-	// X-Api-Key].
+	// X-Api-Key, Cookie] (API keys, and the login cookie of Flowise's UI).
 	VaryHeaders []string `yaml:"vary_headers"`
 	// Default is the policy of workflows not listed in Workflows.
 	// Default {enabled: false, ttl: 1h, stateless: false}.

@@ -113,6 +113,11 @@ func TestDefaultMatchesComments(t *testing.T) {
 		{"log.access_log", c.Log.AccessLogOn(), true},
 		{"admin", c.Admin, Admin{}},
 		{"redis", c.Redis, Redis{}},
+		{"cache.max_memory", c.Cache.MaxMemory, ByteSize(256 << 20)},
+		{"cache.max_entry_bytes", c.Cache.MaxEntryBytes, ByteSize(1 << 20)},
+		{"cache.vary_headers", c.Cache.VaryHeaders, []string{"Authorization", "X-Api-Key", "Cookie"}},
+		{"cache.default", c.Cache.Policy("any"), ResolvedCachePolicy{Enabled: false, TTL: time.Hour, Stateless: false}},
+		{"cache.workflows", len(c.Cache.Workflows), 0},
 	}
 	for _, tc := range checks {
 		if !reflect.DeepEqual(tc.got, tc.want) {
@@ -827,6 +832,46 @@ func TestExampleFile(t *testing.T) {
 	for name := range yamlFields(reflect.TypeFor[Config]()) {
 		if _, ok := top[name]; !ok {
 			t.Errorf("example lacks the %s section", name)
+		}
+	}
+}
+
+// A workflow's cache policy inherits what it does not set from default.
+func TestCachePolicyInherits(t *testing.T) {
+	c := mustParse(t, `
+cache:
+  default: {enabled: true, ttl: 30m}
+  workflows:
+    a: {ttl: 5m}
+    b: {enabled: false}
+    c: {stateless: true}
+`)
+	for _, tc := range []struct {
+		id   string
+		want ResolvedCachePolicy
+	}{
+		{"a", ResolvedCachePolicy{Enabled: true, TTL: 5 * time.Minute}},
+		{"b", ResolvedCachePolicy{Enabled: false, TTL: 30 * time.Minute}},
+		{"c", ResolvedCachePolicy{Enabled: true, TTL: 30 * time.Minute, Stateless: true}},
+		{"unlisted", ResolvedCachePolicy{Enabled: true, TTL: 30 * time.Minute}},
+	} {
+		if got := c.Cache.Policy(tc.id); got != tc.want {
+			t.Errorf("Policy(%q) = %+v, want %+v", tc.id, got, tc.want)
+		}
+	}
+	if !c.Cache.AnyEnabled() {
+		t.Error("AnyEnabled false with default enabled")
+	}
+}
+
+func TestCacheValidation(t *testing.T) {
+	_, err := Parse([]byte("cache:\n  max_memory: 1MiB\n  max_entry_bytes: 2MiB\n  vary_headers: [\"bad header\"]\n"), "f.yaml")
+	if err == nil {
+		t.Fatal("invalid cache section accepted")
+	}
+	for _, want := range []string{"f.yaml:3: cache.max_entry_bytes: must not exceed cache.max_memory", "f.yaml:4: cache.vary_headers[0]:"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
 		}
 	}
 }

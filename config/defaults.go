@@ -99,7 +99,7 @@ func Default() Config {
 		Cache: Cache{
 			MaxMemory:     256 * MiB,
 			MaxEntryBytes: 1 * MiB,
-			VaryHeaders:   []string{"Authorization", "X-Api-Key"},
+			VaryHeaders:   []string{"Authorization", "X-Api-Key", "Cookie"},
 			Default:       CachePolicy{Enabled: ptr(false), TTL: Duration(time.Hour), Stateless: ptr(false)},
 		},
 	}
