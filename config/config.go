@@ -72,6 +72,11 @@ type Proxy struct {
 	// requests together; past it, bodies wait in temp files, so many
 	// concurrent large bodies cannot exhaust memory. Default 64MiB.
 	BodyMemoryBudget ByteSize `yaml:"body_memory_budget"`
+	// BodyDiskBudget bounds the request bodies waiting in temp files, all
+	// requests together; a body that would pass it gets 503 with
+	// Retry-After. Size the temp directory (a Kubernetes emptyDir's
+	// sizeLimit) above it. Default 1GiB.
+	BodyDiskBudget ByteSize `yaml:"body_disk_budget"`
 	// DialTimeout bounds connecting to an upstream. Default 5s.
 	DialTimeout Duration `yaml:"dial_timeout"`
 	// ResponseHeaderTimeout answers 504 when an upstream sends no response

@@ -78,6 +78,7 @@ func TestDefaultMatchesComments(t *testing.T) {
 		{"proxy.max_body_bytes", c.Proxy.MaxBodyBytes, ByteSize(100 << 20)},
 		{"proxy.max_body_in_memory", c.Proxy.MaxBodyInMemory, ByteSize(8 << 20)},
 		{"proxy.body_memory_budget", c.Proxy.BodyMemoryBudget, ByteSize(64 << 20)},
+		{"proxy.body_disk_budget", c.Proxy.BodyDiskBudget, ByteSize(1 << 30)},
 		{"proxy.dial_timeout", c.Proxy.DialTimeout.D(), 5 * time.Second},
 		{"proxy.response_header_timeout", c.Proxy.ResponseHeaderTimeout.D(), 300 * time.Second},
 		{"proxy.stream_response_header_timeout", c.Proxy.StreamResponseHeaderTimeout.D(), 60 * time.Second},

@@ -49,6 +49,7 @@ func Default() Config {
 			MaxBodyBytes:                100 * MiB,
 			MaxBodyInMemory:             8 * MiB,
 			BodyMemoryBudget:            64 * MiB,
+			BodyDiskBudget:              1 * GiB,
 			DialTimeout:                 Duration(5 * time.Second),
 			ResponseHeaderTimeout:       Duration(300 * time.Second),
 			StreamResponseHeaderTimeout: Duration(60 * time.Second),

@@ -194,6 +194,9 @@ func (v *validator) proxy() {
 	if p.BodyMemoryBudget <= 0 {
 		v.add("proxy.body_memory_budget", "must be greater than 0")
 	}
+	if p.BodyDiskBudget <= 0 {
+		v.add("proxy.body_disk_budget", "must be greater than 0")
+	}
 	if f := p.UpstreamTLS.CAFile; f != "" {
 		if _, err := p.UpstreamTLS.CertPool(); err != nil {
 			v.add("proxy.upstream_tls.ca_file", "%v", err)

@@ -6,6 +6,7 @@ package flow
 import (
 	"net/url"
 	"strings"
+	"unicode/utf8"
 )
 
 // Kind names the flow server that owns a route.
@@ -118,7 +119,7 @@ func one(seg, route string, kind Kind, runs bool) Info {
 	}
 	if strings.IndexByte(seg, '%') >= 0 {
 		id, err := url.PathUnescape(seg)
-		if err != nil || id == "" {
+		if err != nil || id == "" || !utf8.ValidString(id) {
 			return Info{Route: RouteOther}
 		}
 		seg = id

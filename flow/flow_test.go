@@ -36,6 +36,7 @@ func TestIdentify(t *testing.T) {
 		{"/api/v1/run/my%2Fflow", RouteLangflowRun, Langflow, "my/flow", true},
 		{"/api/v1/prediction/%36d0a", RoutePrediction, Flowise, "6d0a", true},
 		{"/api/v1/prediction/%zz", RouteOther, Unknown, "", false},
+		{"/api/v1/prediction/%FF", RouteOther, Unknown, "", false}, // decodeURIComponent throws
 		{"/api/v1/predict%69on/" + id, RouteOther, Unknown, "", false},
 		{"/api/v1/vector/" + id, RouteOther, Unknown, "", false},
 		{"/api/v1/document-store/store/" + id, RouteOther, Unknown, "", false},

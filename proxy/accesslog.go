@@ -39,7 +39,7 @@ func (g *Gateway) logAccess(r *http.Request, st *reqState, end time.Time, d time
 	b = append(b, `,"http_x_forwarded_for":`...)
 	b = jsonx.AppendString(b, r.Header.Get("X-Forwarded-For"))
 	b = append(b, `,"request_length":`...)
-	b = strconv.AppendInt(b, st.bodyBuf.n, 10)
+	b = strconv.AppendInt(b, st.reqLen, 10)
 	b = append(b, `,"request_time":`...)
 	b = strconv.AppendFloat(b, d.Seconds(), 'f', 6, 64)
 	b = append(b, `,"upstream":`...)
@@ -70,6 +70,10 @@ func (g *Gateway) logAccess(r *http.Request, st *reqState, end time.Time, d time
 	if st.cut != "" {
 		b = append(b, `,"cut":`...)
 		b = jsonx.AppendString(b, st.cut)
+	}
+	if st.cache.result != "" {
+		b = append(b, `,"cache":`...)
+		b = jsonx.AppendString(b, st.cache.result)
 	}
 	b = append(b, "}\n"...)
 	_, _ = g.access.Write(b)

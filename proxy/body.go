@@ -86,6 +86,10 @@ type requestBody struct {
 	n      int64
 	held   int64 // budget taken for buf
 	budget *bodyBudget
+
+	disk     *bodyBudget // body_disk_budget, once spilled
+	diskHeld int64       // disk budget taken
+	diskUsed int64       // bytes written to file
 }
 
 // inMemory returns the body's bytes, or nil when it went to disk.
@@ -116,6 +120,9 @@ func (b *requestBody) release() {
 	if b.held > 0 {
 		b.budget.give(b.held)
 	}
+	if b.diskHeld > 0 {
+		b.disk.give(b.diskHeld)
+	}
 	*b = requestBody{}
 }
 
@@ -136,6 +143,7 @@ type bodyLimits struct {
 	inMem   int64         // proxy.max_body_in_memory
 	timeout time.Duration // server.body_read_timeout
 	budget  *bodyBudget   // proxy.body_memory_budget
+	disk    *bodyBudget   // proxy.body_disk_budget
 }
 
 // readBody reads r.Body into b. The caller releases b once no attempt needs
@@ -160,7 +168,7 @@ func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLim
 	}
 	if err != nil {
 		be := bodyReadError(r, err)
-		if be == errBodyTooLarge {
+		if be == errBodyTooLarge || errors.Is(err, errSpoolFull) {
 			lingerClose(w, rc)
 		} else {
 			// net/http reads on after the handler to find the body's
@@ -179,22 +187,52 @@ func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLim
 }
 
 // readKnown reads a body of declared length n: into one exact buffer when
-// it fits the in-memory limit and the budget, else straight to disk.
-// net/http stops the body at n bytes, and a short one fails the read.
+// it fits the in-memory limit and the budget, else to disk. Content-Length
+// is the client's word, so the budget is taken as bytes arrive, a step at a
+// time: headers that declare 8 MiB and send nothing hold one step, not the
+// budget. A body the budget can no longer hold continues on disk. net/http
+// stops the body at n bytes, and a short one fails the read.
 func (b *requestBody) readKnown(body io.Reader, n int64, l *bodyLimits) error {
-	if n <= l.inMem {
-		// The budget is taken before the buffer exists: a body that does
-		// not fit must not allocate it first.
-		class, capacity := bufClass(int(n))
-		if l.budget.take(int64(capacity)) {
-			b.buf, b.class, b.held = getBuf(int(n), class), class, int64(capacity)
-			_, err := io.ReadFull(body, b.buf)
-			b.n = n
+	if n > l.inMem {
+		return b.spill(nil, body, n, l)
+	}
+	class, capacity := bufClass(int(n))
+	// A pooled buffer's slack beyond n is accounted with the first step.
+	extra := int64(capacity) - n
+	if !l.budget.take(extra + min(n, budgetStep)) {
+		return b.spill(nil, body, n, l)
+	}
+	b.held = extra + min(n, budgetStep)
+	b.buf, b.class = getBuf(int(n), class), class
+	var got int64
+	for got < n {
+		if reserved := b.held - extra; got == reserved {
+			step := min(n-got, budgetStep)
+			if !l.budget.take(step) {
+				// The budget ran out part-way: what arrived and the
+				// rest go to disk.
+				head := b.buf[:got]
+				err := b.spill([][]byte{head}, body, n, l)
+				putBuf(b.buf, b.class)
+				l.budget.give(b.held)
+				b.buf, b.held = nil, 0
+				return err
+			}
+			b.held += step
+		}
+		end := min(n, b.held-extra)
+		m, err := io.ReadFull(body, b.buf[got:end])
+		got += int64(m)
+		if err != nil {
 			return err
 		}
 	}
-	return b.spill(nil, body, l.max)
+	b.n = n
+	return nil
 }
+
+// budgetStep is how much memory budget a body takes ahead of its bytes.
+const budgetStep = 64 << 10
 
 // readChunked reads a body of unknown length in fixed chunks, moving to
 // disk when it outgrows the in-memory limit or the budget.
@@ -210,25 +248,25 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 	var total int64
 	for {
 		if total >= l.inMem || !l.budget.take(chunkSize) {
-			err := b.spill(chunks, body, l.max)
+			err := b.spill(chunks, body, -1, l)
 			free()
 			return err
 		}
 		c := getBuf(chunkSize, len(bodyClasses)-1)
 		chunks = append(chunks, c)
-		m, err := io.ReadFull(body, c)
+		m, eof, err := fill(body, c)
 		chunks[len(chunks)-1] = c[:m]
 		total += int64(m)
 		if total > l.max {
 			free()
 			return errTooLarge
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
-		}
 		if err != nil {
 			free()
 			return err
+		}
+		if eof {
+			break
 		}
 	}
 	b.n = total
@@ -240,7 +278,7 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 	// Join into one exact buffer. Both are accounted while the copy runs;
 	// if the budget cannot hold both, the body goes to disk instead.
 	if !l.budget.take(total) {
-		err := b.spill(chunks, body, l.max)
+		err := b.spill(chunks, body, -1, l)
 		free()
 		return err
 	}
@@ -252,33 +290,89 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 	return nil
 }
 
+// fill reads into p until it is full or the body ends. Only a clean end
+// (io.EOF) ends a body: a chunked body cut mid-way fails with
+// io.ErrUnexpectedEOF, which must not pass for its end.
+func fill(r io.Reader, p []byte) (n int, eof bool, err error) {
+	for n < len(p) {
+		m, err := r.Read(p[n:])
+		n += m
+		if err == io.EOF {
+			return n, true, nil
+		}
+		if err != nil {
+			return n, false, err
+		}
+	}
+	return n, false, nil
+}
+
 // spill writes head, then the rest of the body, to an unlinked temp file.
-func (b *requestBody) spill(head [][]byte, rest io.Reader, limit int64) error {
+// size is the declared length, or -1. Disk is bounded too: all spilled
+// bodies together stay within body_disk_budget, taken ahead of the bytes
+// (all of a declared length at once, so a body that cannot fit is refused
+// before it is read).
+func (b *requestBody) spill(head [][]byte, rest io.Reader, size int64, l *bodyLimits) error {
+	b.disk = l.disk
+	if size >= 0 {
+		if !l.disk.take(size) {
+			return errSpoolFull
+		}
+		b.diskHeld = size
+	}
 	f, err := os.CreateTemp("", "flowgate-body-*")
 	if err != nil {
 		return err
 	}
 	os.Remove(f.Name()) // gone from the directory; the space is freed on Close
 	b.file = f
+	w := &spoolWriter{f: f, b: b, step: size < 0}
 	var n int64
 	for _, c := range head {
-		if _, err := f.Write(c); err != nil {
+		if _, err := w.Write(c); err != nil {
 			return err
 		}
 		n += int64(len(c))
 	}
-	m, err := io.Copy(f, io.LimitReader(rest, limit+1-n))
+	m, err := io.Copy(w, io.LimitReader(rest, l.max+1-n))
 	b.n = n + m
-	if err == nil && b.n > limit {
+	if err == nil && b.n > l.max {
 		err = errTooLarge
 	}
 	return err
 }
 
+// spoolWriter writes a spilled body, taking disk budget as it grows when
+// the body's length was not declared.
+type spoolWriter struct {
+	f    *os.File
+	b    *requestBody
+	step bool
+}
+
+func (w *spoolWriter) Write(p []byte) (int, error) {
+	if w.step {
+		for w.b.diskHeld < w.b.diskUsed+int64(len(p)) {
+			if !w.b.disk.take(budgetStep) {
+				return 0, errSpoolFull
+			}
+			w.b.diskHeld += budgetStep
+		}
+	}
+	n, err := w.f.Write(p)
+	w.b.diskUsed += int64(n)
+	return n, err
+}
+
+var errSpoolFull = errors.New("body spool budget exhausted")
+
 func bodyReadError(r *http.Request, err error) *bodyError {
 	switch {
 	case errors.Is(err, errTooLarge):
 		return errBodyTooLarge
+	case errors.Is(err, errSpoolFull):
+		// Too many large bodies at once: a moment later there is room.
+		return &bodyError{http.StatusServiceUnavailable, "body_spool_full", "too many large request bodies are waiting; retry shortly"}
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return &bodyError{http.StatusRequestTimeout, "body_timeout", "request body was not received in time"}
 	case r.Context().Err() != nil:

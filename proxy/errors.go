@@ -68,13 +68,21 @@ func classify(err error, clientCtx, attemptCtx context.Context) failure {
 // before the answer was complete, as nginx's 499.
 const StatusClientClosed = 499
 
+// abortClientGone ends a request whose client left: logged as 499, and the
+// connection dropped without an answer. Returning would make net/http
+// send an empty 200 to a client that half-closed and still reads, for a
+// request that never ran.
+func abortClientGone(st *reqState) {
+	st.status = StatusClientClosed
+	panic(http.ErrAbortHandler)
+}
+
 // writeError answers with Flowise's error shape ({statusCode, success,
 // message}) so existing Flowise clients show the message, plus a stable code
 // and the request id for support.
 func writeError(w http.ResponseWriter, st *reqState, status int, code, message string) {
 	if status == StatusClientClosed {
-		st.status = status
-		return
+		abortClientGone(st)
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json; charset=utf-8")

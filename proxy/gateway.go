@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
@@ -19,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/flow"
 	"github.com/flowgate/flowgate/metrics"
@@ -35,6 +37,9 @@ type Options struct {
 	// IntN breaks balancer ties; nil means math/rand/v2.IntN. Tests inject
 	// a deterministic one.
 	IntN func(n int) int
+	// Cache stores flow answers for the workflows whose cache policy is
+	// on (config cache). nil turns the cache off.
+	Cache *cache.Store
 }
 
 // Gateway is the reverse proxy. Build it with New, start its health checks
@@ -61,6 +66,7 @@ type Gateway struct {
 	unhealthyStatus     [600]bool
 	body                bodyLimits
 	bodyBudget          bodyBudget
+	diskBudget          bodyBudget
 	writeIdle           time.Duration
 	passRequestFrom     bool
 	headerTimeout       time.Duration
@@ -75,6 +81,10 @@ type Gateway struct {
 	healthCh chan struct{}
 
 	upstreamTLS *tls.Config
+
+	cacheStore *cache.Store // nil: no cache
+	cachePol   *cachePolicies
+	flights    flights
 
 	ctx         context.Context // the health checks' lifetime, from Start
 	stop        context.CancelFunc
@@ -106,12 +116,19 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		retries:             p.Retries,
 		healthCh:            make(chan struct{}),
 	}
+	if o.Cache != nil && cfg.Cache.AnyEnabled() {
+		g.cacheStore = o.Cache
+		g.cachePol = newCachePolicies(cfg.Cache)
+		g.flights.m = map[cache.Key]*flight{}
+	}
 	g.bodyBudget.limit = int64(p.BodyMemoryBudget)
+	g.diskBudget.limit = int64(p.BodyDiskBudget)
 	g.body = bodyLimits{
 		max:     int64(p.MaxBodyBytes),
 		inMem:   int64(p.MaxBodyInMemory),
 		timeout: cfg.Server.BodyReadTimeout.D(),
 		budget:  &g.bodyBudget,
+		disk:    &g.diskBudget,
 	}
 	if cfg.Log.AccessLogOn() {
 		g.access = o.AccessLog
@@ -250,8 +267,12 @@ type reqState struct {
 	attemptCtx context.Context
 	timer      *attemptTimer
 
+	cache cacheState
+
 	status         int // set when the gateway answers itself
 	upstreamStatus int
+	upstreamCT     string // the upstream answer's Content-Type
+	reqLen         int64  // request body bytes, for the log (the body is released early)
 	sse            bool
 	errCode        string
 	cut            string
@@ -277,6 +298,10 @@ type attemptTimer struct {
 	// reset each, and fire re-arms for what is left. 0: not watching.
 	idle       atomic.Int64 // time.Duration; atomic: set while fire may run
 	lastActive atomic.Int64 // unix nanoseconds
+	// client is the hijacked client connection of an upgrade. Ending the
+	// attempt closes only the upstream side, and a copy blocked writing
+	// to a client that reads nothing would hold the handler forever.
+	client atomic.Pointer[net.Conn]
 }
 
 func (a *attemptTimer) fire() {
@@ -290,6 +315,9 @@ func (a *attemptTimer) fire() {
 		a.cancel(errIdleTimeout)
 	} else {
 		a.cancel(errFirstByteTimeout)
+	}
+	if c := a.client.Load(); c != nil {
+		(*c).Close()
 	}
 }
 
@@ -359,12 +387,19 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// as the next request, nor waited for: the answer closes the
 			// connection.
 			w.Header().Set("Connection", "close")
+			if berr.status == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", "1")
+			}
 			writeError(&st.rw, st, berr.status, berr.code, berr.msg)
 			return
 		}
+		st.reqLen = st.body.n
 		if st.info.IsFlow() {
 			st.streamReq = asksToStream(st.body.inMemory())
 		}
+	}
+	if g.cacheStore != nil && st.info.Runs && g.cacheLookup(w, r, st) {
+		return
 	}
 
 	for {
@@ -475,6 +510,7 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 		}
 		st.timer.watchActivity(g.idleTimeout)
 		st.rw.noWriteDeadline()
+		st.rw.hijacked = &st.timer.client
 		res.Body = &upgradedBody{rwc: rwc, at: st.timer}
 		return nil
 	}
@@ -487,6 +523,8 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 		out["Cache-Control"] = g.staticCC
 	}
 	st.sse = isEventStream(h)
+	st.upstreamCT = h.Get("Content-Type")
+	g.cacheResponse(res, out, st)
 	if st.sse {
 		// Chunked, whatever the upstream declared: a cut stream must be
 		// able to end with our error frame, past any declared length.
@@ -559,6 +597,9 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 		defer panic(p)
 	}
 	st.rw.finish()
+	if g.cacheStore != nil {
+		g.cacheFinish(st)
+	}
 	end := time.Now()
 	d := end.Sub(start)
 	if st.status == 0 {

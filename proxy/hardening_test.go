@@ -366,7 +366,7 @@ func TestClientThatStopsReadingIsCut(t *testing.T) {
 func TestSlowSteadyReaderIsNotCut(t *testing.T) {
 	ff := startFlow(t, fakeflow.Options{TokenDelay: 60 * time.Millisecond, Tokens: 15})
 	g := newGW(t, []string{ff.URL()}, func(c *config.Config) {
-		c.Server.WriteIdleTimeout = config.Duration(200 * time.Millisecond)
+		c.Server.WriteIdleTimeout = config.Duration(500 * time.Millisecond)
 	})
 	resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi","streaming":true}`, nil)
 	events := frameEvents(t, resp)
@@ -382,11 +382,11 @@ func TestSlowSteadyReaderIsNotCut(t *testing.T) {
 // in either direction, and kept while bytes flow.
 func TestUpgradedConnectionIdleTimeout(t *testing.T) {
 	up := wsEchoUpstream(t)
-	const idle = 300 * time.Millisecond
+	const idle = time.Second
 	g := newGW(t, []string{up}, func(c *config.Config) {
 		c.Health.Active.Enabled = ptr(false)
 		c.Proxy.IdleTimeout = config.Duration(idle)
-		// Longer than the whole exchange: a write deadline left on the
+		// Shorter than the whole exchange: a write deadline left on the
 		// hijacked connection would cut it here.
 		c.Server.WriteIdleTimeout = config.Duration(idle)
 	})
@@ -511,7 +511,8 @@ func resettingUpstream(t *testing.T, pingStatus int) string {
 func TestClientCausedFailuresNeedAFailingProbe(t *testing.T) {
 	mutate := func(c *config.Config) {
 		c.Health.Passive.MaxFails = 1
-		c.Health.Active.Interval = config.Duration(time.Hour) // only the confirming probes
+		c.Health.Active.Interval = config.Duration(time.Hour)      // only the confirming probes
+		c.Health.Active.Timeout = config.Duration(5 * time.Second) // a slow probe under -race still passes
 	}
 	t.Run("probe passes", func(t *testing.T) {
 		g := newGW(t, []string{resettingUpstream(t, 200), resettingUpstream(t, 200)}, mutate)
@@ -567,4 +568,139 @@ func TestClientCausedFailuresNeedAFailingProbe(t *testing.T) {
 			t.Fatal("the upstream whose probe passes was taken out")
 		}
 	})
+}
+
+// A WebSocket client that neither reads nor sends is cut at the idle
+// timeout on both sides, and its upstream released, even while the
+// upstream floods it.
+func TestStalledUpgradedClientIsCut(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprint(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		buf := make([]byte, 64<<10)
+		for range 4096 { // 256 MiB at most
+			if _, err := conn.Write(buf); err != nil {
+				return
+			}
+		}
+	}))
+	defer up.Close()
+	g := newGW(t, []string{up.URL}, func(c *config.Config) {
+		c.Health.Active.Enabled = ptr(false)
+		c.Proxy.IdleTimeout = config.Duration(300 * time.Millisecond)
+	})
+	c, br := rawConn(t, g)
+	fmt.Fprint(c, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v", err)
+	}
+	// Read nothing, send nothing: the handler must end (its log line) and
+	// release the upstream.
+	g.nextAccessLine(t)
+	if n := g.Upstreams()[0].InFlight(); n != 0 {
+		t.Fatalf("upstream still has %d in flight", n)
+	}
+}
+
+// Headers that declare large bodies and send nothing cannot take the
+// memory budget from real bodies: budget follows the bytes that arrive.
+func TestDeclaredLengthsDoNotHoldTheBudget(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := newGW(t, []string{ff.URL()}, func(c *config.Config) {
+		c.Proxy.BodyMemoryBudget = 1 << 20
+		c.Proxy.BodyDiskBudget = 1 << 10 // a spilled small body would get 503
+	})
+	for range 8 {
+		c, _ := rawConn(t, g)
+		fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", predictPath, 1<<20)
+	}
+	for range 3 {
+		status, body := post(http.DefaultClient, g.URL, `{"question":"small"}`, nil)
+		if status != http.StatusOK {
+			t.Fatalf("small body behind stalled large declarations: %d %s", status, body)
+		}
+	}
+	if line := g.nextAccessLine(t); line["request_length"] != float64(len(`{"question":"small"}`)) {
+		t.Fatalf("request_length %v", line["request_length"])
+	}
+}
+
+// Bodies on disk are bounded too: past body_disk_budget a body is refused
+// with 503 and Retry-After, before it is read when its length is declared.
+func TestSpilledBodiesHaveADiskBudget(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := newGW(t, []string{ff.URL()}, func(c *config.Config) {
+		c.Proxy.MaxBodyInMemory = 1 << 10
+		c.Proxy.BodyDiskBudget = 4 << 20
+	})
+	for _, chunked := range []bool{false, true} {
+		var body io.Reader = io.LimitReader(zeros{}, 8<<20)
+		if chunked {
+			body = io.MultiReader(body) // hides the length: sent chunked
+		}
+		req, _ := http.NewRequest(http.MethodPost, g.URL+predictPath, body)
+		if !chunked {
+			req.ContentLength = 8 << 20
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("chunked=%v: %v", chunked, err)
+		}
+		m := errorBody(t, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || m["code"] != "body_spool_full" || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("chunked=%v: status %d %v", chunked, resp.StatusCode, m)
+		}
+	}
+	// Within the budget, a spilled body still goes through.
+	status, _ := post(http.DefaultClient, g.URL, `{"question":"`+strings.Repeat("a", 2<<20)+`"}`, nil)
+	if status != http.StatusOK {
+		t.Fatalf("a body within the disk budget: %d", status)
+	}
+}
+
+// A bodiless answer that arrives after write_idle_timeout has passed since
+// the request began still reaches the client.
+func TestLateBodilessAnswerIsDelivered(t *testing.T) {
+	release := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer up.Close()
+	g := newGW(t, []string{up.URL}, func(c *config.Config) {
+		c.Health.Active.Enabled = ptr(false)
+		c.Server.WriteIdleTimeout = config.Duration(200 * time.Millisecond)
+	})
+	time.AfterFunc(600*time.Millisecond, func() { close(release) }) // the upstream's latency, not a synchronisation
+	resp, err := http.Get(g.URL + "/api/v1/slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+// A client that stops sending its body and half-closes never gets an
+// empty 200 for a request that did not run.
+func TestHalfClosedClientGetsNoFalseAnswer(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := newGW(t, []string{ff.URL()}, nil)
+	c, br := rawConn(t, g)
+	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"question\":", predictPath)
+	c.(*net.TCPConn).CloseWrite()
+	resp, err := http.ReadResponse(br, nil)
+	if err == nil && resp.StatusCode < 300 {
+		t.Fatalf("got %d for a request whose body never arrived", resp.StatusCode)
+	}
+	if p := ff.Server().Stats().Predictions; p != 0 {
+		t.Fatalf("%d predictions", p)
+	}
 }

@@ -71,6 +71,14 @@ func (w *lineWriter) all() []map[string]any {
 // tests wait on signals, not on the defaults.
 func newGW(t *testing.T, upstreams []string, mutate func(*config.Config)) *gw {
 	t.Helper()
+	return newGWWith(t, upstreams, mutate, nil)
+}
+
+type gwOptions = proxy.Options
+
+// newGWWith is newGW with a hook on the gateway's options (a cache store).
+func newGWWith(t *testing.T, upstreams []string, mutate func(*config.Config), opts func(*gwOptions)) *gw {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Upstreams = nil
 	for _, u := range upstreams {
@@ -87,7 +95,11 @@ func newGW(t *testing.T, upstreams []string, mutate func(*config.Config)) *gw {
 	core, logs := observer.New(zap.DebugLevel)
 	access := &lineWriter{t: t, ch: make(chan map[string]any, 10000)}
 	reg := prometheus.NewRegistry()
-	g, err := proxy.New(cfg, proxy.Options{Logger: zap.New(core), Metrics: metrics.New(reg), AccessLog: access})
+	o := proxy.Options{Logger: zap.New(core), Metrics: metrics.New(reg), AccessLog: access}
+	if opts != nil {
+		opts(&o)
+	}
+	g, err := proxy.New(cfg, o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,7 +90,8 @@ func probeOnce(ctx context.Context, c *http.Client, u *Upstream, path string) (*
 // destroys the socket of requests it refuses to parse, and any client can
 // send those. Such failures count only once a probe of the health path
 // fails too; one probe at a time answers for all the failures seen while
-// it runs. Connection failures and the configured statuses count at once.
+// it runs, and counts as one. Connection failures and the configured
+// statuses count at once.
 // Without active checks there is no probe, and every failure counts.
 func (g *Gateway) passiveFailure(u *Upstream, reason string) {
 	g.metrics.UpstreamFailure(u.Name, reason)
@@ -122,7 +123,10 @@ func (g *Gateway) confirm(u *Upstream, reason string) {
 	switch {
 	case g.ctx.Err() != nil:
 	case err != nil || resp.StatusCode < 200 || resp.StatusCode > 299:
-		g.countPassive(u, reason, int(n))
+		// One failure per failed probe, however many waited on it: a
+		// burst of client-made resets and one slow probe must not eject
+		// an upstream that active checks would keep.
+		g.countPassive(u, reason, 1)
 	default:
 		g.log.Debug("upstream failures not counted: the health probe passed",
 			zap.String("upstream", u.Name), zap.String("reason", reason), zap.Int64("failures", n))

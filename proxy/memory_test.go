@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/flowgate/flowgate/fakeflow"
@@ -55,17 +56,35 @@ func flowgateBinary(t *testing.T) string {
 // lines and returns its proxy address and process id.
 func runFlowgate(t *testing.T, upstream string, yaml string) (addr string, pid int) {
 	t.Helper()
+	p := startFlowgate(t, upstream, yaml)
+	return p.addr, p.pid
+}
+
+// flowgateProc is a running flowgate binary.
+type flowgateProc struct {
+	addr, admin string // proxy and admin listeners
+	pid         int
+}
+
+// adminToken is the admin API token of the binaries tests start.
+const adminToken = "test-admin-token"
+
+// startFlowgate starts the binary in front of upstream with extra config
+// lines (top-level sections other than server, log and upstreams).
+func startFlowgate(t *testing.T, upstream string, yaml string) flowgateProc {
+	t.Helper()
 	cfg := filepath.Join(t.TempDir(), "flowgate.yaml")
-	body := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  admin_listen: \"\"\nlog:\n  access_log: false\nupstreams:\n  - url: " + upstream + "\n" + yaml
+	body := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  admin_listen: 127.0.0.1:0\nlog:\n  access_log: false\nupstreams:\n  - url: " + upstream + "\n" + yaml
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(flowgateBinary(t), "-config", cfg)
+	cmd.Env = append(os.Environ(), "FLOWGATE_ADMIN_TOKEN="+adminToken)
 	// Spilled bodies go to tmpfs when there is one: gigabytes of temp
 	// files on disk would leave writeback running into the next tests,
 	// and the files are not the process's memory either way.
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-		cmd.Env = append(os.Environ(), "TMPDIR=/dev/shm")
+	if shmFree() > 6<<30 {
+		cmd.Env = append(cmd.Env, "TMPDIR=/dev/shm")
 	}
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -76,19 +95,31 @@ func runFlowgate(t *testing.T, upstream string, yaml string) (addr string, pid i
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
+	p := flowgateProc{pid: cmd.Process.Pid}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var line map[string]any
 		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "flowgate started" {
-			addr = line["listen"].(string)
+			p.addr, _ = line["listen"].(string)
+			p.admin, _ = line["admin_listen"].(string)
 			break
 		}
 	}
-	if addr == "" {
+	if p.addr == "" {
 		t.Fatal("flowgate did not start")
 	}
 	go io.Copy(io.Discard, out)
-	return addr, cmd.Process.Pid
+	return p
+}
+
+// shmFree is the free space of /dev/shm, 0 when there is none (Docker's
+// default is 64 MiB: too small for the upload test's temp files).
+func shmFree() int64 {
+	var st syscall.Statfs_t
+	if syscall.Statfs("/dev/shm", &st) != nil {
+		return 0
+	}
+	return int64(st.Bavail) * int64(st.Bsize)
 }
 
 // procKiB reads a VmXXX line of /proc/PID/status, in KiB.

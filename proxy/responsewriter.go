@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/gzip"
@@ -37,6 +38,10 @@ type responseWriter struct {
 	rearm     time.Duration
 	armedAt   time.Time // when the write deadline was last moved
 	werr      error     // the first failed write to the client
+
+	// hijacked receives the client connection when it is hijacked for an
+	// upgrade (nil: not watched).
+	hijacked *atomic.Pointer[net.Conn]
 }
 
 type deadliner interface{ SetWriteDeadline(time.Time) error }
@@ -111,6 +116,9 @@ func (rw *responseWriter) WriteHeader(code int) {
 	}
 	rw.wroteHeader = true
 	rw.status = code
+	// A bodiless answer (204, 304, HEAD) is written by net/http after the
+	// handler, under this deadline, with no Write to move it.
+	rw.arm()
 	if rw.compress {
 		rw.gz = gzipPool.Get().(*gzip.Writer)
 		rw.gz.Reset(countingWriter{rw})
@@ -166,7 +174,11 @@ func (rw *responseWriter) FlushError() error {
 }
 
 func (rw *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(rw.w).Hijack()
+	c, brw, err := http.NewResponseController(rw.w).Hijack()
+	if err == nil && rw.hijacked != nil {
+		rw.hijacked.Store(&c)
+	}
+	return c, brw, err
 }
 
 func (rw *responseWriter) Unwrap() http.ResponseWriter { return rw.w }

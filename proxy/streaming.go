@@ -47,8 +47,9 @@ type upstreamBody struct {
 	flowiseSSE bool
 	parser     sse.Parser
 	emit       func(*sse.Event)
-	ended      bool  // the last event was Flowise's end
-	pending    error // error held back while its bytes are delivered
+	rec        *recorder // the cache's copy of the answer; nil when not recorded
+	ended      bool      // the last event was Flowise's end
+	pending    error     // error held back while its bytes are delivered
 	done       bool
 	eof        bool // the upstream's answer was read to its end
 }
@@ -60,8 +61,15 @@ const maxCheckedEvent = 64 << 10
 
 func (b *upstreamBody) init(rc io.ReadCloser, st *reqState, parse, flowiseSSE bool) {
 	*b = upstreamBody{rc: rc, st: st, parse: parse, flowiseSSE: flowiseSSE && parse}
+	if rec := st.cache.rec; rec != nil && !rec.failed {
+		b.rec = rec
+	}
 	if b.parse {
 		b.parser.MaxEventBytes = maxCheckedEvent
+		if b.rec != nil {
+			// A recorded event is kept whole, up to the entry bound.
+			b.parser.MaxEventBytes = max(maxCheckedEvent, b.rec.max)
+		}
 		if b.flowiseSSE {
 			b.emit = b.onEvent
 		}
@@ -70,6 +78,9 @@ func (b *upstreamBody) init(rc io.ReadCloser, st *reqState, parse, flowiseSSE bo
 
 func (b *upstreamBody) onEvent(ev *sse.Event) {
 	b.ended = !ev.Truncated && flow.IsFlowiseEnd(ev.Data)
+	if b.rec != nil {
+		b.rec.event(ev.Data, ev.Truncated)
+	}
 }
 
 func (b *upstreamBody) Read(p []byte) (int, error) {
@@ -84,6 +95,8 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		b.st.rearm()
 		if b.parse {
 			b.parser.Feed(p[:n], b.emit)
+		} else if b.rec != nil {
+			b.rec.write(p[:n])
 		}
 	}
 	if err == nil {

@@ -409,8 +409,9 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 		}
 		if writeErr != nil {
 			// The request was not all sent: the connection is done. The
-			// short read deadline stays: the connection failed, so all of
-			// the answer there will ever be is already buffered.
+			// body is read under the attempt's idle timer like any other:
+			// a slow client must not turn it into an upstream failure.
+			uc.conn.SetReadDeadline(time.Time{})
 			resp.Close = true
 		}
 		reusable := !resp.Close && !req.Close
