@@ -30,6 +30,38 @@ func Handler(token string, g *proxy.Gateway) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})
 	})
+	// Cache invalidation reaches every replica through Redis; it answers
+	// how many entries were removed where that is known.
+	invalidate := func(w http.ResponseWriter, r *http.Request, workflow string) {
+		store := g.CacheStore()
+		if store == nil {
+			writeErr(w, http.StatusConflict, "cache_disabled", "the cache is not enabled for any workflow (config cache)")
+			return
+		}
+		var n int
+		var err error
+		if workflow == "" {
+			n, err = store.InvalidateAll(r.Context())
+		} else {
+			n, err = store.Invalidate(r.Context(), workflow)
+		}
+		if err != nil {
+			// This replica forgot its entries; Redis, and so the other
+			// replicas, may not have.
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"statusCode": http.StatusServiceUnavailable, "success": false,
+				"code": "cache_unavailable", "message": "the shared cache could not be reached: " + err.Error(), "removed": n})
+			return
+		}
+		out := map[string]any{"success": true, "removed": n}
+		if workflow != "" {
+			out["workflow"] = workflow
+		}
+		writeJSON(w, http.StatusOK, out)
+	}
+	mux.HandleFunc("DELETE /admin/v1/cache", func(w http.ResponseWriter, r *http.Request) { invalidate(w, r, "") })
+	mux.HandleFunc("DELETE /admin/v1/cache/{workflow}", func(w http.ResponseWriter, r *http.Request) {
+		invalidate(w, r, r.PathValue("workflow"))
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusNotFound, "not_found", "no such admin endpoint")
 	})

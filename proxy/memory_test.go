@@ -19,6 +19,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/flowgate/flowgate/fakeflow"
 )
@@ -56,7 +57,7 @@ func flowgateBinary(t *testing.T) string {
 // lines and returns its proxy address and process id.
 func runFlowgate(t *testing.T, upstream string, yaml string) (addr string, pid int) {
 	t.Helper()
-	p := startFlowgate(t, upstream, yaml)
+	p := startFlowgate(t, upstream, "log:\n  access_log: false\n"+yaml)
 	return p.addr, p.pid
 }
 
@@ -64,17 +65,35 @@ func runFlowgate(t *testing.T, upstream string, yaml string) (addr string, pid i
 type flowgateProc struct {
 	addr, admin string // proxy and admin listeners
 	pid         int
+	logs        chan map[string]any // its log lines after the start line
+}
+
+// waitLog waits for a log line with message msg from p.
+func (p flowgateProc) waitLog(t *testing.T, msg string, d time.Duration) map[string]any {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case l := <-p.logs:
+			if l["msg"] == msg {
+				return l
+			}
+		case <-deadline:
+			t.Fatalf("no %q log line within %v", msg, d)
+			return nil
+		}
+	}
 }
 
 // adminToken is the admin API token of the binaries tests start.
 const adminToken = "test-admin-token"
 
 // startFlowgate starts the binary in front of upstream with extra config
-// lines (top-level sections other than server, log and upstreams).
+// lines (top-level sections other than server and upstreams).
 func startFlowgate(t *testing.T, upstream string, yaml string) flowgateProc {
 	t.Helper()
 	cfg := filepath.Join(t.TempDir(), "flowgate.yaml")
-	body := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  admin_listen: 127.0.0.1:0\nlog:\n  access_log: false\nupstreams:\n  - url: " + upstream + "\n" + yaml
+	body := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  admin_listen: 127.0.0.1:0\nupstreams:\n  - url: " + upstream + "\n" + yaml
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -95,20 +114,38 @@ func startFlowgate(t *testing.T, upstream string, yaml string) flowgateProc {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	p := flowgateProc{pid: cmd.Process.Pid}
+	p := flowgateProc{pid: cmd.Process.Pid, logs: make(chan map[string]any, 10000)}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "flowgate started" {
+		if json.Unmarshal(sc.Bytes(), &line) != nil {
+			continue
+		}
+		if line["msg"] == "flowgate started" {
 			p.addr, _ = line["listen"].(string)
 			p.admin, _ = line["admin_listen"].(string)
 			break
+		}
+		select { // what happened while starting counts too
+		case p.logs <- line:
+		default:
 		}
 	}
 	if p.addr == "" {
 		t.Fatal("flowgate did not start")
 	}
-	go io.Copy(io.Discard, out)
+	go func() {
+		for sc.Scan() {
+			var line map[string]any
+			if json.Unmarshal(sc.Bytes(), &line) == nil {
+				select {
+				case p.logs <- line:
+				default: // a test that does not read them must not block the process
+				}
+			}
+		}
+		io.Copy(io.Discard, out)
+	}()
 	return p
 }
 

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/flowgate/flowgate/admin"
+	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
 	"github.com/flowgate/flowgate/metrics"
@@ -27,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -199,7 +201,20 @@ func newLogger(level string, out zapcore.WriteSyncer) (*zap.Logger, error) {
 func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakeflow.Instance) error {
 	reg := newRegistry()
 	m := metrics.New(reg)
-	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, AccessLog: accessLog})
+	rdb := redisClient(cfg.Redis, log)
+	if rdb != nil {
+		defer rdb.Close()
+	}
+	var store *cache.Store
+	if cfg.Cache.AnyEnabled() {
+		var err error
+		store, err = cache.NewStore(cache.Options{MaxMemory: int64(cfg.Cache.MaxMemory), Redis: rdb, Metrics: m, Logger: log.Named("cache")})
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+	}
+	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, AccessLog: accessLog, Cache: store})
 	if err != nil {
 		return err
 	}
@@ -362,6 +377,24 @@ func boundAddr(s *http.Server) string {
 		return ""
 	}
 	return s.Addr
+}
+
+// redisClient connects to the shared store, or returns nil without one.
+// It does not dial here: a Redis that is down at start is a degraded
+// cache, not a gateway that will not start, and go-redis reconnects by
+// itself. The options are the cache's (short timeouts, no retries: every
+// caller has a memory level to fall back on).
+func redisClient(c config.Redis, log *zap.Logger) *redis.Client {
+	if c.Addr == "" {
+		return nil
+	}
+	// go-redis logs every failed dial; at debug, a Redis outage does not
+	// flood the log (the cache counts the errors in its metric).
+	redis.SetLogger(cache.RedisLogger(log.Named("redis")))
+	o := cache.RedisOptions(c.Addr, c.Password, c.DB)
+	o.PoolSize = 64
+	o.MinIdleConns = 2
+	return redis.NewClient(o)
 }
 
 // servePprof exposes the runtime profiles on their own listener, never on

@@ -1,0 +1,330 @@
+package proxy
+
+import (
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flowgate/flowgate/cache"
+	"github.com/flowgate/flowgate/config"
+	"github.com/flowgate/flowgate/flow"
+)
+
+// The response cache on the request path. After the body is read, a flow
+// request of a workflow with caching on gets a key (cache.Derive) and is
+// answered from the store when it can be; otherwise it goes upstream as
+// usual while a recorder keeps a copy of the answer, which is stored once
+// it is complete and may be stored. Identical requests that arrive while
+// one is upstream wait for it (a flight) instead of running the flow again.
+
+// X-Cache values, also the access log's "cache" field; lower-cased for the
+// metric's result label.
+const (
+	cacheHit       = "HIT"
+	cacheMiss      = "MISS"
+	cacheBypass    = "BYPASS"
+	cacheRefresh   = "REFRESH"
+	cacheCoalesced = "COALESCED" // metric only: a HIT answered by a flight
+)
+
+// cachePolicies is the cache config digested for the hot path.
+type cachePolicies struct {
+	byWorkflow map[string]config.ResolvedCachePolicy
+	def        config.ResolvedCachePolicy
+	vary       []string // canonical header names
+	maxEntry   int
+}
+
+func newCachePolicies(c config.Cache) *cachePolicies {
+	p := &cachePolicies{
+		byWorkflow: map[string]config.ResolvedCachePolicy{},
+		def:        c.Policy(""),
+		maxEntry:   int(c.MaxEntryBytes),
+	}
+	for id := range c.Workflows {
+		p.byWorkflow[id] = c.Policy(id)
+	}
+	for _, h := range c.VaryHeaders {
+		p.vary = append(p.vary, textproto.CanonicalMIMEHeaderKey(h))
+	}
+	return p
+}
+
+func (p *cachePolicies) policy(workflow string) config.ResolvedCachePolicy {
+	if pol, ok := p.byWorkflow[workflow]; ok {
+		return pol
+	}
+	return p.def
+}
+
+// flights are the cache misses upstream right now, by key.
+type flights struct {
+	mu sync.Mutex
+	m  map[cache.Key]*flight
+}
+
+// flight is one miss in progress. done is closed when its leader finished;
+// entry is then the stored answer, or nil when there was none to share.
+type flight struct {
+	done  chan struct{}
+	entry *cache.Entry
+}
+
+// join returns the flight for k and whether the caller leads it.
+func (f *flights) join(k cache.Key) (*flight, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fl, ok := f.m[k]; ok {
+		return fl, false
+	}
+	fl := &flight{done: make(chan struct{})}
+	f.m[k] = fl
+	return fl, true
+}
+
+func (f *flights) land(k cache.Key, fl *flight, e *cache.Entry) {
+	f.mu.Lock()
+	delete(f.m, k)
+	f.mu.Unlock()
+	fl.entry = e
+	close(fl.done)
+}
+
+// cacheState is what one request carries for the cache.
+type cacheState struct {
+	result string // X-Cache; "" when the workflow's cache is off
+	key    cache.Key
+	ttl    time.Duration
+	flight *flight // set on the flight's leader
+	rec    *recorder
+}
+
+// recorder keeps the answer as it passes, up to a bound.
+type recorder struct {
+	max    int
+	size   int
+	failed bool     // not storable: too large, compressed, cut, not 2xx
+	body   []byte   // a JSON answer
+	events [][]byte // a stream's event data, in order
+}
+
+func (r *recorder) write(p []byte) {
+	if r.failed {
+		return
+	}
+	if r.size += len(p); r.size > r.max {
+		r.fail()
+		return
+	}
+	r.body = append(r.body, p...)
+}
+
+func (r *recorder) event(data []byte, truncated bool) {
+	if r.failed {
+		return
+	}
+	if r.size += len(data) + 16; truncated || r.size > r.max {
+		r.fail()
+		return
+	}
+	r.events = append(r.events, append([]byte(nil), data...))
+}
+
+func (r *recorder) fail() {
+	r.failed = true
+	r.body, r.events = nil, nil
+}
+
+// cacheLookup runs after the body is read. It answers the request from the
+// cache and returns true, or prepares st.cache for the miss and returns
+// false.
+func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqState) bool {
+	pol := g.cachePol.policy(st.info.WorkflowID)
+	if !pol.Enabled || r.Method != http.MethodPost {
+		return false
+	}
+	cs := &st.cache
+	noStore, noCache := requestCacheControl(r.Header)
+	if noStore {
+		g.cacheDecided(st, cacheBypass)
+		return false
+	}
+	req := cache.Request{
+		Info:        st.info,
+		ContentType: r.Header.Get("Content-Type"),
+		Stream:      st.streamReq,
+		Stateless:   pol.Stateless,
+	}
+	if st.body != nil {
+		req.Body = st.body.inMemory()
+	}
+	if st.info.Kind == flow.Langflow {
+		req.Stream = r.URL.Query().Get("stream") == "true"
+	}
+	var vary [4]string
+	req.Vary = vary[:0]
+	for _, h := range g.cachePol.vary {
+		req.Vary = append(req.Vary, strings.Join(r.Header[h], "\x00"))
+	}
+	key, bypass := cache.Derive(&req)
+	if bypass != "" {
+		g.cacheDecided(st, cacheBypass)
+		return false
+	}
+	cs.key, cs.ttl = key, pol.TTL
+	if noCache {
+		// The client asks for a fresh answer: fetch it and replace the
+		// entry, without joining a flight that may be serving the old.
+		g.cacheDecided(st, cacheRefresh)
+		cs.rec = &recorder{max: g.cachePol.maxEntry}
+		return false
+	}
+	if e, _ := g.cacheStore.Get(r.Context(), key); e != nil {
+		g.cacheDecided(st, cacheHit)
+		g.serveEntry(w, st, e)
+		return true
+	}
+	for {
+		fl, leader := g.flights.join(key)
+		if leader {
+			g.cacheDecided(st, cacheMiss)
+			cs.flight = fl
+			cs.rec = &recorder{max: g.cachePol.maxEntry}
+			return false
+		}
+		select {
+		case <-fl.done:
+		case <-r.Context().Done():
+			abortClientGone(st)
+		}
+		if e := fl.entry; e != nil {
+			cs.result = cacheHit
+			g.metrics.CacheResult(strings.ToLower(cacheCoalesced))
+			g.serveEntry(w, st, e)
+			return true
+		}
+		// The leader's answer could not be shared (an error, a cut
+		// stream): this request runs on its own, or leads the next try.
+	}
+}
+
+func (g *Gateway) cacheDecided(st *reqState, result string) {
+	st.cache.result = result
+	g.metrics.CacheResult(strings.ToLower(result))
+}
+
+// requestCacheControl reads the request's no-store and no-cache directives.
+func requestCacheControl(h http.Header) (noStore, noCache bool) {
+	for _, v := range h["Cache-Control"] {
+		for d := range strings.SplitSeq(v, ",") {
+			d = strings.TrimSpace(d)
+			switch {
+			case strings.EqualFold(d, "no-store"):
+				noStore = true
+			case strings.EqualFold(d, "no-cache"):
+				noCache = true
+			}
+		}
+	}
+	if p := h.Get("Pragma"); !noCache && strings.EqualFold(strings.TrimSpace(p), "no-cache") {
+		noCache = true
+	}
+	return noStore, noCache
+}
+
+// serveEntry answers from a stored entry, with fresh per-request ids.
+func (g *Gateway) serveEntry(w http.ResponseWriter, st *reqState, e *cache.Entry) {
+	h := st.rw.Header()
+	g.securityHeaders(h, h)
+	h["X-Request-Id"] = []string{st.id}
+	h["X-Cache"] = []string{cacheHit}
+	h["Age"] = []string{strconv.FormatInt(int64(time.Since(e.Created())/time.Second), 10)}
+	h["Content-Type"] = []string{e.ContentType()}
+	bp := hitBufPool.Get().(*[]byte)
+	body := e.AppendBody((*bp)[:0])
+	if e.Stream() {
+		st.sse = true
+		// As Flowise sends its streams: nothing between it and the
+		// client may buffer or cache them.
+		h["Cache-Control"] = []string{"no-cache"}
+		h["X-Accel-Buffering"] = []string{"no"}
+	} else if st.acceptGzip && int64(len(body)) >= g.gzipMin && g.compressible(e.ContentType()) {
+		h["Content-Encoding"] = []string{"gzip"}
+		h["Vary"] = []string{"Accept-Encoding"}
+		st.rw.compress = true
+	}
+	if !st.rw.compress {
+		h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	}
+	st.rw.WriteHeader(e.Status())
+	_, _ = st.rw.Write(body)
+	if cap(body) <= 64<<10 {
+		*bp = body
+		hitBufPool.Put(bp)
+	}
+	st.ub.eof = true // complete: not a cut in the log
+}
+
+var hitBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+func (g *Gateway) compressible(ct string) bool {
+	for _, t := range g.gzipTypes {
+		if strings.HasPrefix(ct, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// cacheResponse runs in modifyResponse: it marks the answer and decides
+// whether it may be recorded.
+func (g *Gateway) cacheResponse(res *http.Response, out http.Header, st *reqState) {
+	cs := &st.cache
+	if cs.result == "" {
+		return
+	}
+	out["X-Cache"] = []string{cs.result}
+	rec := cs.rec
+	if rec == nil {
+		return
+	}
+	h := res.Header
+	// Stored answers are: 2xx, storable by the upstream's word,
+	// uncompressed (the recorder reads plain bytes), and streams only in
+	// Flowise's framing, which is what a hit replays.
+	if res.StatusCode < 200 || res.StatusCode > 299 || forbidsSharedCaching(h) ||
+		h.Get("Content-Encoding") != "" || (st.sse && st.info.Kind != flow.Flowise) {
+		rec.fail()
+	}
+}
+
+// cacheFinish runs when the request is done: it stores a complete answer
+// and lands the flight, so waiting requests get it (or try themselves).
+func (g *Gateway) cacheFinish(st *reqState) {
+	cs := &st.cache
+	var e *cache.Entry
+	if rec := cs.rec; rec != nil && !rec.failed && st.ub.eof && st.cut == "" && st.upstreamStatus != 0 {
+		var err error
+		now := time.Now()
+		if st.sse {
+			e, err = cache.NewStream(st.upstreamStatus, rec.events, now)
+		} else {
+			e, err = cache.NewJSON(st.upstreamStatus, st.upstreamCT, rec.body, now)
+		}
+		if err != nil {
+			e = nil
+		} else {
+			g.cacheStore.Set(cs.key, e, cs.ttl)
+		}
+	}
+	if cs.flight != nil {
+		g.flights.land(cs.key, cs.flight, e)
+	}
+}
+
+// CacheStore is the store the gateway caches in (nil: caching off), for
+// the admin API's invalidation.
+func (g *Gateway) CacheStore() *cache.Store { return g.cacheStore }

@@ -1,0 +1,293 @@
+package proxy_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/flowgate/flowgate/cache"
+	"github.com/flowgate/flowgate/config"
+	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/flowgate/flowgate/metrics"
+	"github.com/flowgate/flowgate/sse"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// cachedGW is a gateway with the cache on for every workflow, memory only.
+func cachedGW(t *testing.T, upstream string, mutate func(*config.Config)) *gw {
+	t.Helper()
+	return newGWWith(t, []string{upstream}, func(c *config.Config) {
+		c.Cache.Default.Enabled = ptr(true)
+		if mutate != nil {
+			mutate(c)
+		}
+	}, func(o *gwOptions) {
+		st, err := cache.NewStore(cache.Options{MaxMemory: 64 << 20, Metrics: metrics.New(prometheus.NewRegistry()), Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(st.Close)
+		o.Cache = st
+	})
+}
+
+// ask posts body to the prediction route and returns the answer's X-Cache,
+// status and body.
+func ask(t *testing.T, g *gw, body string, hdr map[string]string) (xcache string, status int, got string) {
+	t.Helper()
+	resp := predict(t, http.DefaultClient, g.URL, body, hdr)
+	got = readAll(t, resp)
+	return resp.Header.Get("X-Cache"), resp.StatusCode, got
+}
+
+func TestCacheHitsAndMisses(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := cachedGW(t, ff.URL(), nil)
+	preds := func() int64 { return ff.Server().Stats().Predictions }
+
+	xc, _, first := ask(t, g, `{"question":"What is 2+2?","overrideConfig":{"temperature":0.2}}`, nil)
+	if xc != "MISS" || preds() != 1 {
+		t.Fatalf("first request: X-Cache %q, %d predictions", xc, preds())
+	}
+	cases := []struct {
+		name, body string
+		hdr        map[string]string
+		want       string
+	}{
+		{"same request", `{"question":"What is 2+2?","overrideConfig":{"temperature":0.2}}`, nil, "HIT"},
+		{"keys reordered, spaced", "{ \"overrideConfig\" : {\"temperature\": 0.2},\n \"question\": \"What is 2+2?\" }", nil, "HIT"},
+		{"streaming false is not in the key", `{"question":"What is 2+2?","overrideConfig":{"temperature":0.2},"streaming":false}`, nil, "HIT"},
+		{"another question", `{"question":"What is 3+3?","overrideConfig":{"temperature":0.2}}`, nil, "MISS"},
+		{"another caller", `{"question":"What is 2+2?","overrideConfig":{"temperature":0.2}}`, map[string]string{"Authorization": "Bearer other"}, "MISS"},
+		{"no-store", `{"question":"What is 2+2?","overrideConfig":{"temperature":0.2}}`, map[string]string{"Cache-Control": "no-store"}, "BYPASS"},
+		{"no-cache refreshes", `{"question":"What is 2+2?","overrideConfig":{"temperature":0.2}}`, map[string]string{"Cache-Control": "no-cache"}, "REFRESH"},
+		{"chatId", `{"question":"What is 2+2?","overrideConfig":{"temperature":0.2},"chatId":"c1"}`, nil, "BYPASS"},
+		{"sessionId", `{"question":"What is 2+2?","overrideConfig":{"temperature":0.2,"sessionId":"s1"}}`, nil, "BYPASS"},
+		{"humanInput", `{"question":"What is 2+2?","humanInput":{"type":"proceed"}}`, nil, "BYPASS"},
+	}
+	for _, tc := range cases {
+		before := preds()
+		xc, status, body := ask(t, g, tc.body, tc.hdr)
+		if xc != tc.want || status != http.StatusOK {
+			t.Errorf("%s: X-Cache %q status %d, want %s", tc.name, xc, status, tc.want)
+		}
+		if reached := preds() - before; (tc.want == "HIT") != (reached == 0) {
+			t.Errorf("%s: %d predictions reached fakeflow", tc.name, reached)
+		}
+		if tc.want == "HIT" && !sameAnswer(t, first, body) {
+			t.Errorf("%s: hit answer differs: %s vs %s", tc.name, first, body)
+		}
+	}
+	// The same session twice is never served from the cache.
+	for range 2 {
+		if xc, _, _ := ask(t, g, `{"question":"hi","chatId":"c2"}`, nil); xc != "BYPASS" {
+			t.Fatalf("a chat turn was served from the cache: %s", xc)
+		}
+	}
+	line := g.access.all()
+	if hits := countCache(line, "HIT"); hits != 3 {
+		t.Errorf("%d access log lines with cache HIT, want 3", hits)
+	}
+}
+
+func countCache(lines []map[string]any, result string) (n int) {
+	for _, l := range lines {
+		if l["cache"] == result {
+			n++
+		}
+	}
+	return n
+}
+
+// sameAnswer compares two JSON answers but for their per-request ids,
+// which a hit replaces with fresh ones.
+func sameAnswer(t *testing.T, a, b string) bool {
+	t.Helper()
+	var ma, mb map[string]any
+	if json.Unmarshal([]byte(a), &ma) != nil || json.Unmarshal([]byte(b), &mb) != nil {
+		return false
+	}
+	for _, k := range []string{"chatId", "chatMessageId", "sessionId", "executionId"} {
+		delete(ma, k)
+		delete(mb, k)
+	}
+	ja, _ := json.Marshal(ma)
+	jb, _ := json.Marshal(mb)
+	return string(ja) == string(jb)
+}
+
+// A hit carries fresh ids, never the ones another caller received, and
+// keeps chatId and sessionId equal when they were.
+func TestCacheHitsHaveFreshIDs(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{Agentflow: true})
+	g := cachedGW(t, ff.URL(), nil)
+	_, _, a := ask(t, g, `{"question":"ids"}`, nil)
+	xc, _, b := ask(t, g, `{"question":"ids"}`, nil)
+	if xc != "HIT" {
+		t.Fatalf("X-Cache %q", xc)
+	}
+	var ma, mb map[string]any
+	json.Unmarshal([]byte(a), &ma)
+	json.Unmarshal([]byte(b), &mb)
+	for _, k := range []string{"chatId", "chatMessageId", "sessionId", "executionId"} {
+		if ma[k] == nil || ma[k] == mb[k] {
+			t.Errorf("%s: miss %v, hit %v: not fresh", k, ma[k], mb[k])
+		}
+	}
+	if mb["chatId"] != mb["sessionId"] {
+		t.Errorf("hit chatId %v != sessionId %v", mb["chatId"], mb["sessionId"])
+	}
+	if !sameAnswer(t, a, b) {
+		t.Errorf("hit differs beyond its ids:\n%s\n%s", a, b)
+	}
+}
+
+// A streamed miss then a streamed hit: the same events in the same order,
+// the same token texts, fresh ids, every data line JSON.
+func TestCacheReplaysStreams(t *testing.T) {
+	for _, agent := range []bool{false, true} {
+		t.Run(fmt.Sprintf("agentflow=%v", agent), func(t *testing.T) {
+			ff := startFlow(t, fakeflow.Options{Agentflow: agent, Tokens: 12})
+			g := cachedGW(t, ff.URL(), nil)
+			body := `{"question":"stream me","streaming":true}`
+			x1, ev1 := streamEvents(t, g, body)
+			x2, ev2 := streamEvents(t, g, body)
+			if x1 != "MISS" || x2 != "HIT" || ff.Server().Stats().Predictions != 1 {
+				t.Fatalf("X-Cache %s then %s, %d predictions", x1, x2, ff.Server().Stats().Predictions)
+			}
+			if len(ev1) != len(ev2) {
+				t.Fatalf("%d events then %d", len(ev1), len(ev2))
+			}
+			for i := range ev1 {
+				n1, d1 := ev1[i]["event"], ev1[i]["data"]
+				n2, d2 := ev2[i]["event"], ev2[i]["data"]
+				if n1 != n2 {
+					t.Fatalf("event %d: %v then %v", i, n1, n2)
+				}
+				switch n1 {
+				case "token", "start", "end":
+					if d1 != d2 {
+						t.Fatalf("event %d (%v): %q then %q", i, n1, d1, d2)
+					}
+				case "metadata":
+					m1, m2 := d1.(map[string]any), d2.(map[string]any)
+					if m1["chatId"] == m2["chatId"] || m1["chatMessageId"] == m2["chatMessageId"] {
+						t.Fatalf("metadata ids not fresh: %v then %v", m1, m2)
+					}
+				}
+			}
+			// A JSON request is another answer: a miss, not a made-up one.
+			if xc, _, _ := ask(t, g, `{"question":"stream me"}`, nil); xc != "MISS" {
+				t.Fatalf("JSON request after a stream: X-Cache %s", xc)
+			}
+		})
+	}
+}
+
+// streamEvents reads a streamed answer's events, checking each data line
+// is JSON as Flowise's SDK requires.
+func streamEvents(t *testing.T, g *gw, body string) (string, []map[string]any) {
+	t.Helper()
+	resp := predict(t, http.DefaultClient, g.URL, body, nil)
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	var p sse.Parser
+	p.Feed(raw, func(ev *sse.Event) {
+		var m map[string]any
+		if err := json.Unmarshal(ev.Data, &m); err != nil {
+			t.Fatalf("data line is not JSON: %q", ev.Data)
+		}
+		out = append(out, m)
+	})
+	if !p.AtBoundary() {
+		t.Fatalf("stream ends mid-event: %q", raw[max(0, len(raw)-80):])
+	}
+	return resp.Header.Get("X-Cache"), out
+}
+
+// Errors are never cached: a 500, a stream with an error frame, a cut
+// stream.
+func TestCacheNeverStoresFailures(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := cachedGW(t, ff.URL(), nil)
+	for _, tc := range []struct {
+		name, body, mode string
+	}{
+		{"500", `{"question":"a"}`, "fail"},
+		{"error frame", `{"question":"b","streaming":true}`, "stream-error"},
+	} {
+		ask(t, g, tc.body, map[string]string{"X-Fakeflow-Mode": tc.mode})
+		if xc, _, _ := ask(t, g, tc.body, nil); xc != "MISS" {
+			t.Errorf("%s: the next request was %s", tc.name, xc)
+		}
+	}
+	// An upstream answer that says no-store or private is not stored.
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "private")
+		io.WriteString(w, `{"text":"mine"}`)
+	}))
+	defer up.Close()
+	g2 := cachedGW(t, up.URL, func(c *config.Config) { c.Health.Active.Enabled = ptr(false) })
+	ask(t, g2, `{"question":"x"}`, nil)
+	if xc, _, _ := ask(t, g2, `{"question":"x"}`, nil); xc != "MISS" {
+		t.Errorf("a private answer was cached: %s", xc)
+	}
+}
+
+// 50 identical concurrent requests reach the upstream once.
+func TestCacheCoalescesConcurrentMisses(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := cachedGW(t, ff.URL(), nil)
+	const n = 50
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status, body := post(http.DefaultClient, g.URL, `{"question":"together"}`, map[string]string{"X-Fakeflow-Latency": "300ms"})
+			if status != http.StatusOK || !strings.Contains(body, "Hello") {
+				errs <- fmt.Sprintf("%d %s", status, body)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if p := ff.Server().Stats().Predictions; p != 1 {
+		t.Fatalf("%d identical concurrent requests reached fakeflow %d times, want once", n, p)
+	}
+}
+
+// Workflows whose cache is off get no X-Cache and are never stored.
+func TestCacheOffForUnlistedWorkflows(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := cachedGW(t, ff.URL(), func(c *config.Config) {
+		c.Cache.Default.Enabled = ptr(false)
+		c.Cache.Workflows = map[string]config.CachePolicy{"00000000-0000-4000-8000-000000000000": {Enabled: ptr(true)}}
+	})
+	for range 2 {
+		if xc, _, _ := ask(t, g, `{"question":"q"}`, nil); xc != "" {
+			t.Fatalf("X-Cache %q on a workflow without cache", xc)
+		}
+	}
+	if p := ff.Server().Stats().Predictions; p != 2 {
+		t.Fatalf("%d predictions, want 2", p)
+	}
+}
