@@ -102,40 +102,69 @@ type cacheState struct {
 	rec    *recorder
 }
 
-// recorder keeps the answer as it passes, up to a bound.
+// recorder keeps the answer as it passes, up to cache.max_entry_bytes, and
+// all recorders together within a budget: distinct inputs are free to
+// send, and recordings must not be a way to exhaust memory.
 type recorder struct {
 	max    int
 	size   int
+	budget *bodyBudget
+	held   int64
 	failed bool     // not storable: too large, compressed, cut, not 2xx
 	body   []byte   // a JSON answer
 	events [][]byte // a stream's event data, in order
 }
 
-func (r *recorder) write(p []byte) {
-	if r.failed {
-		return
-	}
-	if r.size += len(p); r.size > r.max {
+// recordBudget bounds what all recorders hold at once; past it answers are
+// passed on without being stored.
+func recordBudget(maxMemory int64) int64 { return min(maxMemory, 64<<20) }
+
+func (r *recorder) grow(n int) bool {
+	if r.size += n; r.size > r.max {
 		r.fail()
-		return
+		return false
 	}
-	r.body = append(r.body, p...)
+	for int64(r.size) > r.held {
+		if !r.budget.take(budgetStep) {
+			r.fail()
+			return false
+		}
+		r.held += budgetStep
+	}
+	return true
+}
+
+func (r *recorder) write(p []byte) {
+	if !r.failed && r.grow(len(p)) {
+		r.body = append(r.body, p...)
+	}
 }
 
 func (r *recorder) event(data []byte, truncated bool) {
 	if r.failed {
 		return
 	}
-	if r.size += len(data) + 16; truncated || r.size > r.max {
+	if truncated {
 		r.fail()
 		return
 	}
-	r.events = append(r.events, append([]byte(nil), data...))
+	if r.grow(len(data) + 24) { // + the slice header
+		r.events = append(r.events, append([]byte(nil), data...))
+	}
 }
 
 func (r *recorder) fail() {
 	r.failed = true
 	r.body, r.events = nil, nil
+}
+
+// release gives the recorder's budget back once its copy is stored or
+// dropped.
+func (r *recorder) release() {
+	if r.held > 0 {
+		r.budget.give(r.held)
+		r.held = 0
+	}
 }
 
 // cacheLookup runs after the body is read. It answers the request from the
@@ -179,7 +208,7 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 		// The client asks for a fresh answer: fetch it and replace the
 		// entry, without joining a flight that may be serving the old.
 		g.cacheDecided(st, cacheRefresh)
-		cs.rec = &recorder{max: g.cachePol.maxEntry}
+		cs.rec = &recorder{max: g.cachePol.maxEntry, budget: &g.recBudget}
 		return false
 	}
 	if e, _ := g.cacheStore.Get(r.Context(), key); e != nil {
@@ -192,7 +221,7 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 		if leader {
 			g.cacheDecided(st, cacheMiss)
 			cs.flight = fl
-			cs.rec = &recorder{max: g.cachePol.maxEntry}
+			cs.rec = &recorder{max: g.cachePol.maxEntry, budget: &g.recBudget}
 			return false
 		}
 		select {
@@ -319,6 +348,9 @@ func (g *Gateway) cacheFinish(st *reqState) {
 		} else {
 			g.cacheStore.Set(cs.key, e, cs.ttl)
 		}
+	}
+	if cs.rec != nil {
+		cs.rec.release()
 	}
 	if cs.flight != nil {
 		g.flights.land(cs.key, cs.flight, e)

@@ -85,6 +85,7 @@ type Gateway struct {
 	cacheStore *cache.Store // nil: no cache
 	cachePol   *cachePolicies
 	flights    flights
+	recBudget  bodyBudget // what recorders hold, all together
 
 	ctx         context.Context // the health checks' lifetime, from Start
 	stop        context.CancelFunc
@@ -120,6 +121,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		g.cacheStore = o.Cache
 		g.cachePol = newCachePolicies(cfg.Cache)
 		g.flights.m = map[cache.Key]*flight{}
+		g.recBudget.limit = recordBudget(int64(cfg.Cache.MaxMemory))
 	}
 	g.bodyBudget.limit = int64(p.BodyMemoryBudget)
 	g.diskBudget.limit = int64(p.BodyDiskBudget)
