@@ -51,7 +51,30 @@ type Entry struct {
 	nids  int // distinct original ids; slot.id < nids
 	// outLen is the length of a replay.
 	outLen int
+	// hdr are response headers replayed with the answer, as name, value
+	// pairs (the upstream's CORS headers: a browser drops an answer
+	// without them).
+	hdr []string
 }
+
+// maxHeaders bounds the replayed headers (pairs) an entry keeps.
+const maxHeaders = 16
+
+// SetHeaders sets the response headers replayed with the answer, as name,
+// value pairs; at most 16 pairs and 8 KiB are kept.
+func (e *Entry) SetHeaders(pairs []string) {
+	n := 0
+	e.hdr = e.hdr[:0]
+	for i := 0; i+1 < len(pairs) && len(e.hdr) < 2*maxHeaders; i += 2 {
+		if n += len(pairs[i]) + len(pairs[i+1]); n > 8<<10 {
+			break
+		}
+		e.hdr = append(e.hdr, pairs[i], pairs[i+1])
+	}
+}
+
+// Headers returns the replayed headers as name, value pairs.
+func (e *Entry) Headers() []string { return e.hdr }
 
 // slot is one id's place in the body: the bytes between its quotes.
 type slot struct {
@@ -322,7 +345,11 @@ const entryOverhead = 160
 // Size is the entry's memory footprint in bytes, for the byte-bounded
 // memory level.
 func (e *Entry) Size() int {
-	return entryOverhead + len(e.ctype) + cap(e.body) + cap(e.slots)*12
+	n := entryOverhead + len(e.ctype) + cap(e.body) + cap(e.slots)*12
+	for _, h := range e.hdr {
+		n += 16 + len(h)
+	}
+	return n
 }
 
 // AppendBody appends the answer as a client receives it, with fresh ids:
@@ -473,6 +500,7 @@ const binaryMagic = "FGE\x01"
 const (
 	flagStream  = 1 << 0
 	flagCreated = 1 << 1
+	flagHeaders = 1 << 2
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -487,6 +515,9 @@ func (e *Entry) MarshalBinary() ([]byte, error) {
 	}
 	if !e.created.IsZero() {
 		flags |= flagCreated
+	}
+	if len(e.hdr) > 0 {
+		flags |= flagHeaders
 	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(e.status))
@@ -505,6 +536,13 @@ func (e *Entry) MarshalBinary() ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(s.n))
 		b = binary.AppendUvarint(b, uint64(s.id))
 		prev = s.off + s.n
+	}
+	if flags&flagHeaders != 0 {
+		b = binary.AppendUvarint(b, uint64(len(e.hdr)))
+		for _, h := range e.hdr {
+			b = binary.AppendUvarint(b, uint64(len(h)))
+			b = append(b, h...)
+		}
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
 }
@@ -538,7 +576,7 @@ func (e *Entry) UnmarshalBinary(b []byte) error {
 	x.body = cloneExact(body)
 	nids := d.uvarint(uint64(len(d.b)))
 	nslots := d.uvarint(uint64(len(d.b)) / 3) // each slot takes 3 bytes at least
-	if d.err != nil || flags&^(flagStream|flagCreated) != 0 || x.status < 200 || x.status > 299 || nids > nslots {
+	if d.err != nil || flags&^(flagStream|flagCreated|flagHeaders) != 0 || x.status < 200 || x.status > 299 || nids > nslots {
 		return errMalformed
 	}
 	x.slots = make([]slot, nslots)
@@ -554,6 +592,19 @@ func (e *Entry) UnmarshalBinary(b []byte) error {
 		}
 		x.slots[i] = slot{off: uint32(off), n: uint32(n), id: uint32(id)}
 		prev = off + n
+	}
+	if flags&flagHeaders != 0 {
+		nh := d.uvarint(2 * maxHeaders)
+		if nh%2 != 0 {
+			return errMalformed
+		}
+		for range nh {
+			h := d.bytes()
+			if d.err != nil {
+				return errMalformed
+			}
+			x.hdr = append(x.hdr, string(h))
+		}
 	}
 	if len(d.b) != 0 {
 		return errMalformed

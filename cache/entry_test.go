@@ -548,3 +548,31 @@ func TestEntryConcurrentReplay(t *testing.T) {
 		seen[id] = true
 	}
 }
+
+// Replayed headers survive the binary round trip, bounded in number.
+func TestEntryHeadersRoundTrip(t *testing.T) {
+	e, err := NewJSON(200, "application/json", []byte(`{"text":"hi"}`), time.Unix(1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pairs []string
+	for i := range 40 {
+		pairs = append(pairs, "X-H", string(rune('a'+i%26)))
+	}
+	e.SetHeaders(append([]string{"Access-Control-Allow-Origin", "https://a.example", "Vary", "Origin"}, pairs...))
+	b, err := e.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d Entry
+	if err := d.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	h := d.Headers()
+	if len(h) != 2*maxHeaders || h[0] != "Access-Control-Allow-Origin" || h[1] != "https://a.example" || h[3] != "Origin" {
+		t.Fatalf("headers after the round trip: %q", h)
+	}
+	if d.Size() != e.Size() {
+		t.Fatalf("size %d after decoding, %d before", d.Size(), e.Size())
+	}
+}

@@ -5,10 +5,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
 	"github.com/flowgate/flowgate/flow"
@@ -29,11 +32,22 @@ import (
 // cmd/flowgate does (JSON encoder) to io.Discard.
 func benchGateway(b *testing.B, upstream string, accessLog bool) *proxy.Gateway {
 	b.Helper()
+	return benchGatewayWith(b, upstream, accessLog, nil)
+}
+
+// benchGatewayWith is benchGateway with a config hook. When the config
+// turns the cache on for some workflow, the gateway gets a memory-only
+// store built as cmd/flowgate builds it (no redis.addr).
+func benchGatewayWith(b *testing.B, upstream string, accessLog bool, mutate func(*config.Config)) *proxy.Gateway {
+	b.Helper()
 	cfg := config.Default()
 	cfg.Upstreams = []config.Upstream{{URL: upstream}}
 	off := false
 	cfg.Health.Active.Enabled = &off // no probes in the measurement
 	cfg.Log.AccessLog = &accessLog
+	if mutate != nil {
+		mutate(&cfg)
+	}
 	if err := cfg.Validate(); err != nil {
 		b.Fatal(err)
 	}
@@ -41,7 +55,17 @@ func benchGateway(b *testing.B, upstream string, accessLog bool) *proxy.Gateway 
 	enc.TimeKey = "time"
 	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
 	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(io.Discard), zap.InfoLevel))
-	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: metrics.New(prometheus.NewRegistry()), AccessLog: io.Discard})
+	m := metrics.New(prometheus.NewRegistry())
+	o := proxy.Options{Logger: log, Metrics: m, AccessLog: io.Discard}
+	if cfg.Cache.AnyEnabled() {
+		st, err := cache.NewStore(cache.Options{MaxMemory: int64(cfg.Cache.MaxMemory), Metrics: m, Logger: log.Named("cache")})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(st.Close)
+		o.Cache = st
+	}
+	g, err := proxy.New(cfg, o)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -180,4 +204,198 @@ func BenchmarkObserveRequest(b *testing.B) {
 			}
 		})
 	})
+}
+
+// ---- the response cache ----------------------------------------------------
+//
+// BenchmarkGatewayCacheHit is a hit's whole path in process: body read, key
+// derived, entry found, its answer written with fresh ids, the access log
+// line and the metrics. Nothing reaches the upstream, so ns/op is CPU (the
+// cpu-ns/op metric, the process's user+system time per hit, also counts
+// the GC's background work on the other core). "harness-floor" is what
+// the benchmark's own httptest request and recorder cost around a trivial
+// handler: the gateway's share of a hit is the difference.
+//
+// BenchmarkGatewayCacheMiss compares the miss path with the uncached path
+// on the same requests (a new input every iteration, so every request is
+// a miss that is recorded and stored), one sub-benchmark after the other
+// in each -count round, for benchstat -col /path:
+//
+//	uncached        no cache configured
+//	miss            the cache on for the workflow: key, lookup, flight, recorder, entry stored
+//	refresh         the cache on, Cache-Control: no-cache on one input: key, recorder, entry replaced
+//	other-workflow  the cache on for another workflow only: this one's policy is looked up and is off
+//
+// ns/op of these is mostly waiting on loopback (one request at a time);
+// cpu-ns/op is what the process spent, fakeflow's share included.
+
+// cpuPerOp starts counting the process's CPU time; the returned func
+// reports it per iteration as cpu-ns/op. Call it just before b.Loop and
+// the returned func just after.
+func cpuPerOp(b *testing.B) func() {
+	t0 := processCPU(b)
+	return func() {
+		if b.N > 0 {
+			b.ReportMetric(float64(processCPU(b)-t0)/float64(b.N), "cpu-ns/op")
+		}
+	}
+}
+
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// serveReq is serveOnce with extra request headers; it returns the
+// recorder.
+func serveReq(b *testing.B, h http.Handler, body string, hdr ...string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodPost, predictPath, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept-Encoding", "gzip")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		b.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	return rec
+}
+
+// cacheFor turns the cache on for one workflow only, as the issue's
+// config example does.
+func cacheFor(workflow string) func(*config.Config) {
+	return func(c *config.Config) {
+		on := true
+		c.Cache.Workflows = map[string]config.CachePolicy{workflow: {Enabled: &on, TTL: config.Duration(time.Hour)}}
+	}
+}
+
+// expectXCache fails the benchmark unless body, sent as serveOnce sends
+// it, is answered with X-Cache want.
+func expectXCache(b *testing.B, h http.Handler, body, want string) {
+	b.Helper()
+	if got := serveReq(b, h, body).Header().Get("X-Cache"); got != want {
+		b.Fatalf("X-Cache %q, want %q", got, want)
+	}
+}
+
+func BenchmarkGatewayCacheHit(b *testing.B) {
+	up := benchUpstream(b)
+	for _, c := range []struct {
+		name      string
+		body      string
+		accessLog bool
+	}{
+		{"json/access-log", benchJSON, true},
+		{"json/no-access-log", benchJSON, false},
+		{"sse-6-tokens/access-log", benchStream, true},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			g := benchGatewayWith(b, up.URL, c.accessLog, cacheFor(flowID))
+			expectXCache(b, g, c.body, "MISS") // stores the entry
+			expectXCache(b, g, c.body, "HIT")
+			b.ReportAllocs()
+			done := cpuPerOp(b)
+			for b.Loop() {
+				serveOnce(b, g, c.body)
+			}
+			done()
+			expectXCache(b, g, c.body, "HIT")
+		})
+	}
+	b.Run("json/access-log/parallel", func(b *testing.B) {
+		g := benchGatewayWith(b, up.URL, true, cacheFor(flowID))
+		expectXCache(b, g, benchJSON, "MISS")
+		expectXCache(b, g, benchJSON, "HIT")
+		b.ReportAllocs()
+		done := cpuPerOp(b)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				serveOnce(b, g, benchJSON)
+			}
+		})
+		done()
+	})
+	// What serveOnce costs without the gateway: the same request and
+	// recorder, a handler writing an answer of the same size with as many
+	// headers as a hit has.
+	b.Run("harness-floor", func(b *testing.B) {
+		g := benchGatewayWith(b, up.URL, true, cacheFor(flowID))
+		expectXCache(b, g, benchJSON, "MISS")
+		hit := serveReq(b, g, benchJSON)
+		answer, hdr := hit.Body.Bytes(), hit.Header().Clone()
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			wh := w.Header()
+			for k, v := range hdr {
+				wh[k] = v
+			}
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write(answer)
+		})
+		b.ReportAllocs()
+		done := cpuPerOp(b)
+		for b.Loop() {
+			serveOnce(b, h, benchJSON)
+		}
+		done()
+	})
+}
+
+func BenchmarkGatewayCacheMiss(b *testing.B) {
+	up := benchUpstream(b)
+	const otherFlow = "0b9d3c1e-2a41-4f8e-9e77-5c1d2b3a4f60"
+	// A new input every iteration (the same work in every variant; refresh
+	// sends one fixed input of the same length instead).
+	const fixed = `{"question":"hi 100000000"}`
+	n := 100000000
+	next := func() string { n++; return `{"question":"hi ` + strconv.Itoa(n) + `"}` }
+	for _, c := range []struct {
+		name   string
+		mutate func(*config.Config)
+		fixed  bool
+		hdr    []string
+		first  string // X-Cache of the first request
+		again  string // X-Cache of the last input sent again, plainly
+	}{
+		{"path=uncached", nil, false, nil, "", ""},
+		{"path=miss", cacheFor(flowID), false, nil, "MISS", "HIT"},
+		{"path=refresh", cacheFor(flowID), true, []string{"Cache-Control", "no-cache"}, "REFRESH", "HIT"},
+		{"path=other-workflow", cacheFor(otherFlow), false, nil, "", ""},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			g := benchGatewayWith(b, up.URL, true, c.mutate)
+			body := func() string {
+				s := next()
+				if c.fixed {
+					s = fixed
+				}
+				if len(s) != len(fixed) {
+					b.Fatalf("input %q: not the length of %q", s, fixed)
+				}
+				return s
+			}
+			last := body()
+			if got := serveReq(b, g, last, c.hdr...).Header().Get("X-Cache"); got != c.first {
+				b.Fatalf("X-Cache %q, want %q", got, c.first)
+			}
+			b.ReportAllocs()
+			done := cpuPerOp(b)
+			for b.Loop() {
+				last = body()
+				serveReq(b, g, last, c.hdr...)
+			}
+			done()
+			// The answers were recorded and stored (or, without the
+			// cache, not marked at all).
+			if got := serveReq(b, g, last).Header().Get("X-Cache"); got != c.again {
+				b.Fatalf("the last input again: X-Cache %q, want %q", got, c.again)
+			}
+		})
+	}
 }

@@ -97,6 +97,7 @@ func (f *flights) land(k cache.Key, fl *flight, e *cache.Entry) {
 type cacheState struct {
 	result string // X-Cache; "" when the workflow's cache is off
 	key    cache.Key
+	hdr    []string // the upstream's replayed headers, name, value pairs
 	ttl    time.Duration
 	flight *flight // set on the flight's leader
 	rec    *recorder
@@ -193,11 +194,14 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 	if st.info.Kind == flow.Langflow {
 		req.Stream = r.URL.Query().Get("stream") == "true"
 	}
-	var vary [4]string
+	var vary [6]string
 	req.Vary = vary[:0]
 	for _, h := range g.cachePol.vary {
 		req.Vary = append(req.Vary, strings.Join(r.Header[h], "\x00"))
 	}
+	// Origin always splits the key: the upstream's CORS headers, replayed
+	// with a hit, may name the origin that asked.
+	req.Vary = append(req.Vary, r.Header.Get("Origin"))
 	key, bypass := cache.Derive(&req)
 	if bypass != "" {
 		g.cacheDecided(st, cacheBypass)
@@ -272,6 +276,11 @@ func (g *Gateway) serveEntry(w http.ResponseWriter, st *reqState, e *cache.Entry
 	h["X-Cache"] = []string{cacheHit}
 	h["Age"] = []string{strconv.FormatInt(int64(time.Since(e.Created())/time.Second), 10)}
 	h["Content-Type"] = []string{e.ContentType()}
+	if eh := e.Headers(); len(eh) > 0 {
+		for i := 0; i+1 < len(eh); i += 2 {
+			h[eh[i]] = append(h[eh[i]], eh[i+1])
+		}
+	}
 	bp := hitBufPool.Get().(*[]byte)
 	body := e.AppendBody((*bp)[:0])
 	if e.Stream() {
@@ -327,8 +336,19 @@ func (g *Gateway) cacheResponse(res *http.Response, out http.Header, st *reqStat
 	if res.StatusCode < 200 || res.StatusCode > 299 || forbidsSharedCaching(h) ||
 		h.Get("Content-Encoding") != "" || (st.sse && st.info.Kind != flow.Flowise) {
 		rec.fail()
+		return
+	}
+	for _, name := range replayedHeaders {
+		for _, v := range h[name] {
+			cs.hdr = append(cs.hdr, name, v)
+		}
 	}
 }
+
+// replayedHeaders are the upstream response headers a hit carries: Flowise
+// answers browsers (its embedded chat) under CORS, and a browser drops an
+// answer without them.
+var replayedHeaders = []string{"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Access-Control-Expose-Headers", "Vary"}
 
 // cacheFinish runs when the request is done: it stores a complete answer
 // and lands the flight, so waiting requests get it (or try themselves).
@@ -346,6 +366,7 @@ func (g *Gateway) cacheFinish(st *reqState) {
 		if err != nil {
 			e = nil
 		} else {
+			e.SetHeaders(cs.hdr)
 			g.cacheStore.Set(cs.key, e, cs.ttl)
 		}
 	}

@@ -291,3 +291,25 @@ func TestCacheOffForUnlistedWorkflows(t *testing.T) {
 		t.Fatalf("%d predictions, want 2", p)
 	}
 }
+
+// A hit carries the upstream's CORS headers, and Origin splits the key, so
+// a browser on another origin is never given headers for the first one.
+func TestCacheHitsKeepCORSHeaders(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := cachedGW(t, ff.URL(), nil)
+	get := func(origin string) *http.Response {
+		resp := predict(t, http.DefaultClient, g.URL, `{"question":"cors"}`, map[string]string{"Origin": origin})
+		readAll(t, resp)
+		return resp
+	}
+	get("https://a.example")
+	hit := get("https://a.example")
+	if hit.Header.Get("X-Cache") != "HIT" || hit.Header.Get("Access-Control-Allow-Origin") != "https://a.example" ||
+		!strings.Contains(strings.Join(hit.Header.Values("Vary"), ","), "Origin") {
+		t.Fatalf("hit headers %v", hit.Header)
+	}
+	other := get("https://b.example")
+	if other.Header.Get("X-Cache") != "MISS" || other.Header.Get("Access-Control-Allow-Origin") != "https://b.example" {
+		t.Fatalf("another origin: %v", other.Header)
+	}
+}
