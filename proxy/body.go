@@ -80,7 +80,8 @@ func putBuf(b []byte, class int) {
 }
 
 type requestBody struct {
-	buf    []byte   // the whole body when in memory
+	buf    []byte   // the whole body when in memory in one piece
+	chunks [][]byte // or in fixed chunks (a body over one chunk)
 	class  int      // buf's pool class, -1 when not pooled
 	file   *os.File // the whole body when it went to disk
 	n      int64
@@ -92,21 +93,90 @@ type requestBody struct {
 	diskUsed int64       // bytes written to file
 }
 
-// inMemory returns the body's bytes, or nil when it went to disk.
+// inMemory returns the body's bytes in one piece, or nil when it went to
+// disk. A body held in chunks is joined on first use (only the cache key
+// and a body that mentions "streaming" need that), if the budget can hold
+// the copy; else nil, as for a body on disk.
 func (b *requestBody) inMemory() []byte {
 	if b.file != nil {
 		return nil
 	}
+	if b.chunks != nil {
+		if !b.budget.take(b.n) {
+			return nil
+		}
+		buf := make([]byte, 0, b.n)
+		for _, c := range b.chunks {
+			buf = append(buf, c...)
+		}
+		b.freeChunks()
+		b.buf, b.class, b.held = buf, -1, b.held+b.n
+	}
 	return b.buf
+}
+
+// mentions reports whether the body contains key, without joining chunks.
+func (b *requestBody) mentions(key []byte) bool {
+	if b.chunks == nil {
+		return bytes.Contains(b.buf, key)
+	}
+	var seam []byte
+	for _, c := range b.chunks {
+		if bytes.Contains(c, key) {
+			return true
+		}
+		// A key split across two chunks: the seam holds the end of one
+		// and the start of the next.
+		if seam != nil {
+			seam = append(seam, c[:min(len(c), len(key)-1)]...)
+			if bytes.Contains(seam, key) {
+				return true
+			}
+		}
+		seam = append(seam[:0], c[max(0, len(c)-len(key)+1):]...)
+	}
+	return false
+}
+
+func (b *requestBody) freeChunks() {
+	for _, c := range b.chunks {
+		putBuf(c, len(bodyClasses)-1)
+		b.budget.give(chunkSize)
+		b.held -= chunkSize
+	}
+	b.chunks = nil
 }
 
 // reader returns a fresh reader over the whole body, for each attempt.
 func (b *requestBody) reader() io.ReadCloser {
-	if b.file != nil {
+	switch {
+	case b.file != nil:
 		return io.NopCloser(io.NewSectionReader(b.file, 0, b.n))
+	case b.chunks != nil:
+		return &chunkReader{chunks: b.chunks}
 	}
 	return io.NopCloser(bytes.NewReader(b.buf))
 }
+
+// chunkReader reads a body held in chunks.
+type chunkReader struct {
+	chunks [][]byte
+	off    int
+}
+
+func (r *chunkReader) Read(p []byte) (int, error) {
+	for len(r.chunks) > 0 && r.off == len(r.chunks[0]) {
+		r.chunks, r.off = r.chunks[1:], 0
+	}
+	if len(r.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.chunks[0][r.off:])
+	r.off += n
+	return n, nil
+}
+
+func (r *chunkReader) Close() error { return nil }
 
 // release frees the body's memory or file. It is called once no attempt
 // can need the body again: when the upstream answered, or at the end.
@@ -116,6 +186,9 @@ func (b *requestBody) release() {
 	}
 	if b.buf != nil {
 		putBuf(b.buf, b.class)
+	}
+	if b.chunks != nil {
+		b.freeChunks()
 	}
 	if b.held > 0 {
 		b.budget.give(b.held)
@@ -164,7 +237,7 @@ func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLim
 	if r.ContentLength >= 0 {
 		err = b.readKnown(r.Body, r.ContentLength, l)
 	} else {
-		err = b.readChunked(r.Body, l)
+		err = b.readChunked(r.Body, l, -1)
 	}
 	if err != nil {
 		be := bodyReadError(r, err)
@@ -195,6 +268,12 @@ func readBody(w http.ResponseWriter, r *http.Request, b *requestBody, l *bodyLim
 func (b *requestBody) readKnown(body io.Reader, n int64, l *bodyLimits) error {
 	if n > l.inMem {
 		return b.spill(nil, body, n, l)
+	}
+	if n > chunkSize {
+		// In chunks, each taken from the budget as it fills: a body
+		// that outgrows the budget part-way leaves no half-filled large
+		// buffer behind, only pooled chunks.
+		return b.readChunked(body, l, n)
 	}
 	class, capacity := bufClass(int(n))
 	// A pooled buffer's slack beyond n is accounted with the first step.
@@ -234,9 +313,10 @@ func (b *requestBody) readKnown(body io.Reader, n int64, l *bodyLimits) error {
 // budgetStep is how much memory budget a body takes ahead of its bytes.
 const budgetStep = 64 << 10
 
-// readChunked reads a body of unknown length in fixed chunks, moving to
-// disk when it outgrows the in-memory limit or the budget.
-func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
+// readChunked reads a body in fixed chunks, moving to disk when it
+// outgrows the in-memory limit or the budget. size is the declared length,
+// or -1.
+func (b *requestBody) readChunked(body io.Reader, l *bodyLimits, size int64) error {
 	var chunks [][]byte
 	free := func() {
 		for _, c := range chunks {
@@ -248,7 +328,7 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 	var total int64
 	for {
 		if total >= l.inMem || !l.budget.take(chunkSize) {
-			err := b.spill(chunks, body, -1, l)
+			err := b.spill(chunks, body, size, l)
 			free()
 			return err
 		}
@@ -265,7 +345,7 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 			free()
 			return err
 		}
-		if eof {
+		if eof || total == size {
 			break
 		}
 	}
@@ -275,18 +355,9 @@ func (b *requestBody) readChunked(body io.Reader, l *bodyLimits) error {
 		b.buf, b.class, b.held = chunks[0], len(bodyClasses)-1, chunkSize
 		return nil
 	}
-	// Join into one exact buffer. Both are accounted while the copy runs;
-	// if the budget cannot hold both, the body goes to disk instead.
-	if !l.budget.take(total) {
-		err := b.spill(chunks, body, -1, l)
-		free()
-		return err
-	}
-	b.buf, b.class, b.held = make([]byte, 0, total), -1, total
-	for _, c := range chunks {
-		b.buf = append(b.buf, c...)
-	}
-	free()
+	// Kept in chunks (the budget holds them already), joined only if a
+	// later step needs the body in one piece.
+	b.chunks, b.held = chunks, int64(len(chunks))*chunkSize
 	return nil
 }
 
@@ -414,6 +485,10 @@ var streamingKey = []byte(`"streaming"`)
 // asksToStream reports whether a flow request body sets "streaming" to true
 // or "true", as Flowise accepts both. Most bodies never mention the key, so
 // they are not parsed at all.
+func (b *requestBody) asksToStream() bool {
+	return b.mentions(streamingKey) && asksToStream(b.inMemory())
+}
+
 func asksToStream(body []byte) bool {
 	if !bytes.Contains(body, streamingKey) {
 		return false

@@ -397,7 +397,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		st.reqLen = st.body.n
 		if st.info.IsFlow() {
-			st.streamReq = asksToStream(st.body.inMemory())
+			st.streamReq = st.body.asksToStream()
 		}
 	}
 	if g.cacheStore != nil && st.info.Runs && g.cacheLookup(w, r, st) {

@@ -249,7 +249,8 @@ func TestConcurrentLargeUploadsPeakUnder256MiB(t *testing.T) {
 	close(release)
 	// Probes off: on two cores saturated by 9 GB of copying, a probe
 	// answered late would take the upstream out and fail the uploads.
-	addr, pid := runFlowgate(t, up, "health:\n  active:\n    enabled: false\n")
+	// The disk budget (1GiB by default) is raised to hold all 50 at once.
+	addr, pid := runFlowgate(t, up, "health:\n  active:\n    enabled: false\nproxy:\n  body_disk_budget: 5GiB\n")
 	const n, size = 50, 90 << 20
 	done := postBodies(addr, n, size)
 	for range n {
