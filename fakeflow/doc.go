@@ -10,6 +10,7 @@
 //	POST /api/v1/prediction/{id}              the public prediction API
 //	POST /api/v1/internal-prediction/{id}     the UI's route, same behaviour
 //	POST /api/v1/prediction[/]                412 "id not provided" (both routes)
+//	GET /api/v1/chatflows-streaming/{id}      {"isStreaming":true}, asked by Flowise's JS SDK
 //	GET|HEAD /  (and /index.html)             a small HTML page standing in for the UI
 //	GET|HEAD /assets/...                      a JavaScript file (>2 KiB; .css gets CSS)
 //	OPTIONS with Access-Control-Request-Method  CORS preflight, 204 like the cors package

@@ -3,6 +3,7 @@ package fakeflow
 import (
 	"github.com/flowgate/flowgate/internal/jsonx"
 	"html"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -154,6 +155,9 @@ const (
 	pathPing       = "/api/v1/ping"
 	pathPrediction = "/api/v1/prediction"
 	pathInternal   = "/api/v1/internal-prediction"
+	// pathStreaming is asked by Flowise's JS SDK before a prediction:
+	// can this flow stream? fakeflow's flows always can.
+	pathStreaming = "/api/v1/chatflows-streaming"
 )
 
 // ServeHTTP routes like Flowise's Express app.
@@ -197,6 +201,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(p, pathInternal):
 		if id, ok := flowID(p, pathInternal); ok && r.Method == http.MethodPost {
 			s.predict(w, r, id)
+			return
+		}
+	case strings.HasPrefix(p, pathStreaming):
+		if id, ok := flowID(p, pathStreaming); ok && id != "" && r.Method == http.MethodGet {
+			nodeKeepAlive(h)
+			h["Content-Type"] = hvJSON
+			_, _ = io.WriteString(w, `{"isStreaming":true}`)
 			return
 		}
 	case p == "/" || p == "/index.html":
