@@ -275,15 +275,38 @@ type idSet struct {
 }
 
 // addMember records v, the raw value of member k, if k names an id and v
-// is a non-empty string.
+// is a UUID string. Flowise makes its ids UUIDs; an id a caller chose (a
+// stateless flow's sessionId "1") may also be ordinary text of the answer,
+// which must not be rewritten, and it is the caller's own anyway (session
+// ids are in the key of a stateless workflow).
 func (s *idSet) addMember(k string, v []byte) {
-	if len(v) < 3 || v[0] != '"' || !slices.Contains(idKeys[:], k) {
+	if len(v) != 2+uuidLen || v[0] != '"' || !slices.Contains(idKeys[:], k) || !isUUID(v[1:len(v)-1]) {
 		return
 	}
 	raw := v[1 : len(v)-1]
 	if s.index(raw) < 0 {
 		s.vals = append(s.vals, raw)
 	}
+}
+
+// isUUID reports whether b is a UUID in its 8-4-4-4-12 hex form.
+func isUUID(b []byte) bool {
+	if len(b) != uuidLen {
+		return false
+	}
+	for i, c := range b {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func (s *idSet) index(raw []byte) int {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"hash/crc32"
 	"os"
 	"path/filepath"
@@ -311,7 +312,7 @@ func TestEntryRefused(t *testing.T) {
 // data lines, which a client joins back.
 func TestEntryMultilineData(t *testing.T) {
 	events := [][]byte{
-		[]byte("{\"event\":\"metadata\",\n \"data\":{\"chatId\":\"c-1\",\n\"sessionId\":\"c-1\"}}"),
+		[]byte("{\"event\":\"metadata\",\n \"data\":{\"chatId\":\"0c0c0c0c-0000-4000-8000-000000000001\",\n\"sessionId\":\"0c0c0c0c-0000-4000-8000-000000000001\"}}"),
 		[]byte(`{"event":"end","data":"[DONE]"}`),
 	}
 	e, err := NewStream(200, events, testCreated)
@@ -326,7 +327,7 @@ func TestEntryMultilineData(t *testing.T) {
 	if !uuidV4.MatchString(ids["chatId"]) || ids["chatId"] != ids["sessionId"] {
 		t.Fatalf("ids %v", ids)
 	}
-	if restored := strings.ReplaceAll(string(got[0]), ids["chatId"], "c-1"); restored != string(events[0]) {
+	if restored := strings.ReplaceAll(string(got[0]), ids["chatId"], "0c0c0c0c-0000-4000-8000-000000000001"); restored != string(events[0]) {
 		t.Errorf("data %q, want %q", restored, events[0])
 	}
 }
@@ -335,7 +336,7 @@ func TestEntryMultilineData(t *testing.T) {
 func TestEntryManyIDs(t *testing.T) {
 	var events [][]byte
 	for i := range 20 {
-		events = append(events, []byte(`{"event":"metadata","data":{"chatMessageId":"m-`+string(rune('a'+i))+`"}}`))
+		events = append(events, []byte(fmt.Sprintf(`{"event":"metadata","data":{"chatMessageId":"00000000-0000-4000-8000-0000000000%02x"}}`, i)))
 	}
 	events = append(events, []byte(`{"event":"end","data":"[DONE]"}`))
 	e, err := NewStream(200, events, testCreated)
@@ -574,5 +575,28 @@ func TestEntryHeadersRoundTrip(t *testing.T) {
 	}
 	if d.Size() != e.Size() {
 		t.Fatalf("size %d after decoding, %d before", d.Size(), e.Size())
+	}
+}
+
+// Only UUIDs are ids: a caller-chosen session id ("1" on a stateless flow)
+// and the same text elsewhere in the answer are left as they are.
+func TestEntryOnlyUUIDsAreSlots(t *testing.T) {
+	body := []byte(`{"text":"1","sessionId":"1","chatId":"1","chatMessageId":"0c0c0c0c-0000-4000-8000-0000000000aa","question":"1"}`)
+	e, err := NewJSON(200, "application/json", body, testCreated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := e.AppendBody(nil)
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"text", "sessionId", "chatId", "question"} {
+		if m[k] != "1" {
+			t.Errorf("%s rewritten to %v", k, m[k])
+		}
+	}
+	if id, _ := m["chatMessageId"].(string); !uuidV4.MatchString(id) || id == "0c0c0c0c-0000-4000-8000-0000000000aa" {
+		t.Errorf("chatMessageId %q not fresh", id)
 	}
 }

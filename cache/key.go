@@ -36,6 +36,11 @@ const (
 	BypassResume = "resume"
 )
 
+var (
+	sessionIDKey = []byte("session_id")
+	escapeMark   = []byte(`\u`)
+)
+
 // keyVersion starts every hashed key: changing the canonical form below
 // changes it, so that no entry written by an older flowgate is read as if
 // it had been keyed the new way.
@@ -47,6 +52,10 @@ const keyVersion = "flowgate/cache/key/v1"
 var (
 	flowiseFields  = []string{"question", "form", "overrideConfig", "history", "uploads"}
 	langflowFields = []string{"input_value", "input_type", "output_type", "output_component", "tweaks"}
+	// On a stateless workflow the session ids are keyed too: callers in
+	// different conversations do not share answers, so a replay never
+	// carries another caller's chosen session id.
+	flowiseStatelessFields = []string{"question", "form", "overrideConfig", "history", "uploads", "chatId", "sessionId"}
 )
 
 // maxDepth is encoding/json's nesting limit: the body's structure is
@@ -88,9 +97,10 @@ const maxDepth = 10000
 // (null included) and in any of several duplicate overrideConfig members,
 // bypasses: a flow with memory answers the same question differently in
 // each conversation and writes each turn to it. When r.Stateless, the flow
-// has no memory by the workflow owner's word, so the session ids are left
-// out of the key, overrideConfig.sessionId too, and callers in different
-// conversations share answers (each replay gets fresh ids, see Entry).
+// has no memory by the workflow owner's word, so it is cached, with the
+// session ids in the key (overrideConfig.sessionId too): callers in one
+// conversation share answers, callers in different ones do not, so a
+// replay never carries another caller's chosen id.
 // Langflow's session_id bypasses even when stateless: Langflow echoes it
 // in the answer, where it cannot be refreshed (without one it is the flow
 // id, not a per-request id), so a replay would hand one caller's session
@@ -104,6 +114,9 @@ func Derive(r *Request) (k Key, bypass string) {
 	switch r.Info.Route {
 	case flow.RoutePrediction, flow.RouteInternalPrediction:
 		fields = flowiseFields
+		if r.Stateless {
+			fields = flowiseStatelessFields
+		}
 	case flow.RouteLangflowRun:
 		fields, langflow = langflowFields, true
 	default:
@@ -219,7 +232,11 @@ func (s *scratch) canonical(r *Request, fields []string, langflow bool) (string,
 		m := &s.mem[j]
 		k := s.key(m)
 		if langflow {
-			echoed = echoed || string(k) == "session_id"
+			// session_id at the top, or in a component's tweaks (the
+			// chat input and message history components take it there).
+			// Any mention in tweaks counts, escaped forms included.
+			echoed = echoed || string(k) == "session_id" ||
+				string(k) == "tweaks" && (bytes.Contains(b[m.val:m.end], sessionIDKey) || bytes.Contains(b[m.val:m.end], escapeMark))
 			continue
 		}
 		switch string(k) {
@@ -256,7 +273,7 @@ func (s *scratch) canonical(r *Request, fields []string, langflow bool) (string,
 		}
 		s.out = append(s.out, 1)
 		m := s.mem[last] // a copy: emit grows s.mem
-		s.emit(int(m.val), int(m.end), int(m.ci), r.Stateless && f == "overrideConfig")
+		s.emit(int(m.val), int(m.end), int(m.ci), false)
 	}
 	s.out = binary.BigEndian.AppendUint32(s.out, uint32(len(r.Vary)))
 	for _, v := range r.Vary {

@@ -197,29 +197,41 @@ func TestDeriveStateless(t *testing.T) {
 	plain := predictionReq(`{"question":"hi","overrideConfig":{"temperature":0.2}}`)
 	plain.Stateless = true
 	k := mustDerive(t, plain)
+	// Cached, but keyed by the session ids: another conversation is
+	// another entry, so no replay carries another caller's chosen id.
+	seen := map[Key]string{k: "no session"}
 	for _, body := range []string{
 		`{"question":"hi","chatId":"c1","overrideConfig":{"temperature":0.2}}`,
+		`{"question":"hi","chatId":"c2","overrideConfig":{"temperature":0.2}}`,
 		`{"question":"hi","sessionId":"s1","overrideConfig":{"temperature":0.2}}`,
 		`{"question":"hi","overrideConfig":{"sessionId":"s2","temperature":0.2}}`,
-		`{"question":"hi","chatId":null,"overrideConfig":{"temperature":0.2,"sessionId":null}}`,
+		`{"question":"hi","overrideConfig":{"sessionId":"s3","temperature":0.2}}`,
 	} {
 		r := predictionReq(body)
 		r.Stateless = true
-		if got := mustDerive(t, r); got != k {
-			t.Errorf("stateless %s: key differs from the session-less one", body)
+		got := mustDerive(t, r)
+		if prev, dup := seen[got]; dup {
+			t.Errorf("stateless %s: same key as %s", body, prev)
+		}
+		seen[got] = body
+		r2 := predictionReq(body)
+		r2.Stateless = true
+		if mustDerive(t, r2) != got {
+			t.Errorf("stateless %s: the same conversation got another key", body)
 		}
 	}
-	// Only overrideConfig's own sessionId is dropped.
-	r := predictionReq(`{"question":"hi","overrideConfig":{"temperature":0.2,"vars":{"sessionId":"x"}}}`)
-	r.Stateless = true
-	if mustDerive(t, r) == k {
-		t.Error("a nested sessionId was dropped from the key")
-	}
-	// Langflow echoes session_id in its answer: never cached.
-	lf := langflowReq(`{"input_value":"hi","session_id":"abc"}`)
-	lf.Stateless = true
-	if _, bypass := Derive(lf); bypass != BypassSession {
-		t.Errorf("stateless Langflow session_id: bypass %q", bypass)
+	// Langflow echoes session_id in its answer: never cached, at the top
+	// or in a component's tweaks.
+	for _, body := range []string{
+		`{"input_value":"hi","session_id":"abc"}`,
+		`{"input_value":"hi","tweaks":{"ChatInput-1":{"session_id":"abc"}}}`,
+		`{"input_value":"hi","tweaks":{"Memory-1":{"s\u0065ssion_id":"abc"}}}`,
+	} {
+		lf := langflowReq(body)
+		lf.Stateless = true
+		if _, bypass := Derive(lf); bypass != BypassSession {
+			t.Errorf("stateless Langflow %s: bypass %q", body, bypass)
+		}
 	}
 }
 
@@ -379,6 +391,9 @@ func refDerive(r *Request) (out []byte, reason string, lenient []error) {
 	switch r.Info.Route {
 	case flow.RoutePrediction, flow.RouteInternalPrediction:
 		fields = []string{"question", "form", "overrideConfig", "history", "uploads"}
+		if r.Stateless {
+			fields = append(fields, "chatId", "sessionId")
+		}
 	case flow.RouteLangflowRun:
 		fields, langflow = []string{"input_value", "input_type", "output_type", "output_component", "tweaks"}, true
 	default:
@@ -425,15 +440,6 @@ func refDerive(r *Request) (out []byte, reason string, lenient []error) {
 			out = append(out, 0)
 			continue
 		}
-		if m, isObj := fv.(map[string]any); isObj && f == "overrideConfig" && r.Stateless {
-			m2 := make(map[string]any, len(m))
-			for k, x := range m {
-				if k != "sessionId" {
-					m2[k] = x
-				}
-			}
-			fv = m2
-		}
 		out = refAppend(append(out, 1), fv)
 	}
 	out = binary.BigEndian.AppendUint32(out, uint32(len(r.Vary)))
@@ -460,6 +466,12 @@ func refSessions(body []byte, langflow bool) (resume, session bool) {
 		k := kt.(string)
 		var raw json.RawMessage
 		switch {
+		case langflow && k == "tweaks":
+			if err := dec.Decode(&raw); err != nil {
+				panic(err)
+			}
+			session = session || bytes.Contains(raw, []byte("session_id")) || bytes.Contains(raw, []byte(`\u`))
+			continue
 		case langflow:
 			session = session || k == "session_id"
 		case k == "chatId" || k == "sessionId":
@@ -639,6 +651,9 @@ func FuzzDerive(f *testing.F) {
 func fieldsOf(r *Request) []string {
 	if r.Info.Route == flow.RouteLangflowRun {
 		return langflowFields
+	}
+	if r.Stateless {
+		return flowiseStatelessFields
 	}
 	return flowiseFields
 }
