@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowgate/flowgate/flow"
 	"github.com/flowgate/flowgate/proxy"
 )
 
@@ -43,7 +44,7 @@ func Handler(token string, g *proxy.Gateway) http.Handler {
 		if workflow == "" {
 			n, err = store.InvalidateAll(r.Context())
 		} else {
-			n, err = store.Invalidate(r.Context(), workflow)
+			n, err = store.Invalidate(r.Context(), flow.CanonicalID(workflow))
 		}
 		if err != nil {
 			// This replica forgot its entries; Redis, and so the other

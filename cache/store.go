@@ -229,7 +229,25 @@ func (s *Store) Get(ctx context.Context, k Key) (e *Entry, level string) {
 // in the background. It never blocks: when the queue to Redis is full the
 // answer is not written there, and that is counted as a Redis error.
 func (s *Store) Set(k Key, e *Entry, ttl time.Duration) {
-	if e == nil || ttl <= 0 {
+	s.SetFrom(s.Version(), k, e, ttl)
+}
+
+// Version is the invalidation state of the store at one moment.
+type Version struct {
+	epoch uint64
+	gen   int64
+}
+
+// Version returns the invalidation state now. A miss takes it before it
+// goes upstream and stores with SetFrom, so that an answer fetched before
+// an invalidation does not outlive it.
+func (s *Store) Version() Version { return Version{epoch: s.epoch.Load(), gen: s.gen.Load()} }
+
+// SetFrom is Set for an answer fetched since v: if the store was
+// invalidated meanwhile (here, or on any replica through Redis's
+// generation), the answer is not stored.
+func (s *Store) SetFrom(v Version, k Key, e *Entry, ttl time.Duration) {
+	if e == nil || ttl <= 0 || s.epoch.Load() != v.epoch {
 		return
 	}
 	now := s.now()
@@ -241,11 +259,16 @@ func (s *Store) Set(k Key, e *Entry, ttl time.Duration) {
 		return
 	}
 	_ = s.mem.set(context.Background(), k, e, expires, 0)
+	if s.epoch.Load() != v.epoch {
+		// Dropped while it was being written: drop it again.
+		s.drop(k.Workflow, false)
+		return
+	}
 	if s.remote == nil || s.closed.Load() || s.brk.skipping(now) {
 		return
 	}
 	select {
-	case s.queue <- write{k: k, e: e, expires: expires, gen: s.gen.Load()}:
+	case s.queue <- write{k: k, e: e, expires: expires, gen: v.gen}:
 	default:
 		s.count(LevelRedis)
 		s.log.Debug("cache: redis write queue full; answer kept in memory only", zap.String("workflow", k.Workflow))
@@ -377,8 +400,7 @@ func (s *Store) listen(ch <-chan any) {
 			p := m.Payload
 			if sp := strings.IndexByte(p, ' '); sp > 0 {
 				if g, err := strconv.ParseInt(p[:sp], 10, 64); err == nil {
-					for cur := s.gen.Load(); g > cur && !s.gen.CompareAndSwap(cur, g); cur = s.gen.Load() {
-					}
+					storeMax(&s.gen, g)
 				}
 				p = p[sp+1:]
 			}

@@ -177,7 +177,7 @@ func (r *redisLevel) set(ctx context.Context, k Key, e *Entry, expires int64, ge
 	}
 	// Refused: learn the generation, so that the next answers are stored.
 	if g, err := strconv.ParseInt(res, 10, 64); err == nil {
-		r.gen.Store(g)
+		storeMax(r.gen, g)
 	}
 	return errStale
 }
@@ -202,7 +202,7 @@ func (r *redisLevel) deleteMatching(ctx context.Context, pattern string) (int, e
 	if err != nil {
 		return 0, err
 	}
-	r.gen.Store(g)
+	storeMax(r.gen, g)
 	n := 0
 	var cursor uint64
 	for {
@@ -238,5 +238,12 @@ type redisLogger struct{ l *zap.Logger }
 func (r redisLogger) Printf(_ context.Context, format string, v ...any) {
 	if ce := r.l.Check(zap.DebugLevel, "redis client"); ce != nil {
 		ce.Write(zap.String("detail", fmt.Sprintf(format, v...)))
+	}
+}
+
+// storeMax moves a generation forward to g, never back: replies and
+// messages from Redis may arrive out of order.
+func storeMax(a *atomic.Int64, g int64) {
+	for cur := a.Load(); g > cur && !a.CompareAndSwap(cur, g); cur = a.Load() {
 	}
 }

@@ -126,3 +126,32 @@ func one(seg, route string, kind Kind, runs bool) Info {
 	}
 	return Info{WorkflowID: seg, Route: route, Kind: kind, Runs: runs}
 }
+
+// CanonicalID returns a flow id as Flowise's database matches it: a UUID
+// in lower case (Postgres and SQLite compare them case-insensitively), any
+// other id (a Langflow flow name) as it is. The cache keys, policies and
+// invalidations use it, so one flow has one set of entries.
+func CanonicalID(id string) string {
+	if len(id) != 36 {
+		return id
+	}
+	lower := true
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return id
+			}
+		case c >= '0' && c <= '9' || c >= 'a' && c <= 'f':
+		case c >= 'A' && c <= 'F':
+			lower = false
+		default:
+			return id
+		}
+	}
+	if lower {
+		return id
+	}
+	return strings.ToLower(id)
+}

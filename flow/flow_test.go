@@ -55,6 +55,19 @@ func TestIdentify(t *testing.T) {
 	}
 }
 
+func TestCanonicalID(t *testing.T) {
+	for in, want := range map[string]string{
+		"6D0A2B7E-6C1F-4B0E-9A43-2F1F0C3F9B11": "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11",
+		"6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11": "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11",
+		"My-Flow":                              "My-Flow",
+		"6D0A2B7E-6C1F-4B0E-9A43-2F1F0C3F9B1G": "6D0A2B7E-6C1F-4B0E-9A43-2F1F0C3F9B1G",
+	} {
+		if got := CanonicalID(in); got != want {
+			t.Errorf("CanonicalID(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestIdentifyAllocs(t *testing.T) {
 	p := "/api/v1/prediction/6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
 	if n := testing.AllocsPerRun(100, func() { _ = Identify(p) }); n != 0 {

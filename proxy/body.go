@@ -486,24 +486,41 @@ var streamingKey = []byte(`"streaming"`)
 // or "true", as Flowise accepts both. Most bodies never mention the key, so
 // they are not parsed at all.
 func (b *requestBody) asksToStream() bool {
-	return b.mentions(streamingKey) && asksToStream(b.inMemory())
+	return (b.mentions(streamingKey) || b.mentions(escapeMark)) && asksToStream(b.inMemory())
 }
 
+var escapeMark = []byte(`\u`)
+
+// asksToStream reads "streaming" as Flowise's JSON.parse does: the key
+// matched exactly after unescaping (encoding/json's struct decoding would
+// also take "Streaming"), the last of duplicates winning. The gateway and
+// Flowise must agree: the answer's kind is cached under what the gateway
+// read, and a disagreement would let one caller store a stream where
+// others expect JSON.
 func asksToStream(body []byte) bool {
-	if !bytes.Contains(body, streamingKey) {
+	if !bytes.Contains(body, streamingKey) && !bytes.Contains(body, escapeMark) {
 		return false
 	}
-	var v struct {
-		Streaming any `json:"streaming"`
-	}
-	if json.Unmarshal(body, &v) != nil {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
 		return false
 	}
-	switch s := v.Streaming.(type) {
-	case bool:
-		return s
-	case string:
-		return s == "true"
+	var streaming bool
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return false
+		}
+		if k != "streaming" {
+			continue
+		}
+		var v any
+		_ = json.Unmarshal(raw, &v)
+		streaming = v == true || v == "true"
 	}
-	return false
+	return streaming
 }

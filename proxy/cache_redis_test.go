@@ -91,6 +91,7 @@ func TestCacheSharedByReplicas(t *testing.T) {
 	}
 
 	// Invalidation through a's admin API: b forgets too.
+	b.drainLogs()
 	status, body := adminDelete(t, a, "/admin/v1/cache/"+flowID)
 	if status != http.StatusOK || !strings.Contains(body, `"removed":1`) {
 		t.Fatalf("admin DELETE: %d %s", status, body)
@@ -99,8 +100,12 @@ func TestCacheSharedByReplicas(t *testing.T) {
 	if xc, _ := askAt(t, b, `{"question":"shared"}`); xc != "MISS" {
 		t.Fatalf("b after invalidation: %s", xc)
 	}
-	// And the whole cache.
+	// And the whole cache, with a's memory holding the entry this time.
 	storedInRedis(t, rdb, 1, 5*time.Second)
+	if xc, _ := askAt(t, a, `{"question":"shared"}`); xc != "HIT" {
+		t.Fatalf("a before invalidating all: %s", xc)
+	}
+	a.drainLogs()
 	if status, body := adminDelete(t, b, "/admin/v1/cache"); status != http.StatusOK || !strings.Contains(body, `"removed":1`) {
 		t.Fatalf("admin DELETE all: %d %s", status, body)
 	}

@@ -45,7 +45,7 @@ func newCachePolicies(c config.Cache) *cachePolicies {
 		maxEntry:   int(c.MaxEntryBytes),
 	}
 	for id := range c.Workflows {
-		p.byWorkflow[id] = c.Policy(id)
+		p.byWorkflow[flow.CanonicalID(id)] = c.Policy(id)
 	}
 	for _, h := range c.VaryHeaders {
 		p.vary = append(p.vary, textproto.CanonicalMIMEHeaderKey(h))
@@ -95,12 +95,14 @@ func (f *flights) land(k cache.Key, fl *flight, e *cache.Entry) {
 
 // cacheState is what one request carries for the cache.
 type cacheState struct {
-	result string // X-Cache; "" when the workflow's cache is off
-	key    cache.Key
-	hdr    []string // the upstream's replayed headers, name, value pairs
-	ttl    time.Duration
-	flight *flight // set on the flight's leader
-	rec    *recorder
+	result  string // X-Cache; "" when the workflow's cache is off
+	key     cache.Key
+	version cache.Version // the store's invalidation state at the lookup
+	settled bool          // the recording was stored or dropped, the flight landed
+	hdr     []string      // the upstream's replayed headers, name, value pairs
+	ttl     time.Duration
+	flight  *flight // set on the flight's leader
+	rec     *recorder
 }
 
 // recorder keeps the answer as it passes, up to cache.max_entry_bytes, and
@@ -157,6 +159,7 @@ func (r *recorder) event(data []byte, truncated bool) {
 func (r *recorder) fail() {
 	r.failed = true
 	r.body, r.events = nil, nil
+	r.release()
 }
 
 // release gives the recorder's budget back once its copy is stored or
@@ -172,7 +175,11 @@ func (r *recorder) release() {
 // cache and returns true, or prepares st.cache for the miss and returns
 // false.
 func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqState) bool {
-	pol := g.cachePol.policy(st.info.WorkflowID)
+	// Flowise's flow ids are UUIDs its database matches whatever their
+	// case: one flow, one policy, one set of entries.
+	info := st.info
+	info.WorkflowID = flow.CanonicalID(info.WorkflowID)
+	pol := g.cachePol.policy(info.WorkflowID)
 	if !pol.Enabled || r.Method != http.MethodPost {
 		return false
 	}
@@ -183,7 +190,7 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 		return false
 	}
 	req := cache.Request{
-		Info:        st.info,
+		Info:        info,
 		ContentType: r.Header.Get("Content-Type"),
 		Stream:      st.streamReq,
 		Stateless:   pol.Stateless,
@@ -192,22 +199,32 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 		req.Body = st.body.inMemory()
 	}
 	if st.info.Kind == flow.Langflow {
-		req.Stream = r.URL.Query().Get("stream") == "true"
+		req.Stream = langflowStream(r)
 	}
-	var vary [6]string
+	var vary [8]string
 	req.Vary = vary[:0]
 	for _, h := range g.cachePol.vary {
 		req.Vary = append(req.Vary, strings.Join(r.Header[h], "\x00"))
 	}
 	// Origin always splits the key: the upstream's CORS headers, replayed
-	// with a hit, may name the origin that asked.
-	req.Vary = append(req.Vary, r.Header.Get("Origin"))
+	// with a hit, may name the origin that asked. So does the query: it
+	// may carry credentials (Langflow's ?x-api-key=) or change the run;
+	// sorted, so parameter order does not matter.
+	req.Vary = append(req.Vary, strings.Join(r.Header["Origin"], "\x00"))
+	if r.URL.RawQuery != "" {
+		req.Vary = append(req.Vary, r.URL.Query().Encode())
+	} else {
+		req.Vary = append(req.Vary, "")
+	}
 	key, bypass := cache.Derive(&req)
 	if bypass != "" {
 		g.cacheDecided(st, cacheBypass)
 		return false
 	}
 	cs.key, cs.ttl = key, pol.TTL
+	// Taken before going upstream: an invalidation while the answer is
+	// fetched means it must not be stored.
+	cs.version = g.cacheStore.Version()
 	if noCache {
 		// The client asks for a fresh answer: fetch it and replace the
 		// entry, without joining a flight that may be serving the old.
@@ -220,28 +237,45 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 		g.serveEntry(w, st, e)
 		return true
 	}
-	for {
-		fl, leader := g.flights.join(key)
-		if leader {
-			g.cacheDecided(st, cacheMiss)
-			cs.flight = fl
-			cs.rec = &recorder{max: g.cachePol.maxEntry, budget: &g.recBudget}
-			return false
-		}
-		select {
-		case <-fl.done:
-		case <-r.Context().Done():
-			abortClientGone(st)
-		}
-		if e := fl.entry; e != nil {
-			cs.result = cacheHit
-			g.metrics.CacheResult(strings.ToLower(cacheCoalesced))
-			g.serveEntry(w, st, e)
-			return true
-		}
-		// The leader's answer could not be shared (an error, a cut
-		// stream): this request runs on its own, or leads the next try.
+	fl, leader := g.flights.join(key)
+	if leader {
+		g.cacheDecided(st, cacheMiss)
+		cs.flight = fl
+		cs.rec = &recorder{max: g.cachePol.maxEntry, budget: &g.recBudget}
+		return false
 	}
+	select {
+	case <-fl.done:
+	case <-r.Context().Done():
+		abortClientGone(st)
+	}
+	if e := fl.entry; e != nil {
+		cs.result = cacheHit
+		g.metrics.CacheResult(strings.ToLower(cacheCoalesced))
+		g.serveEntry(w, st, e)
+		return true
+	}
+	// The leader's answer could not be shared (an error, an answer that
+	// may not be stored): every waiting request goes upstream at once, on
+	// its own, rather than queueing behind a new leader; any of them may
+	// still store its answer.
+	g.cacheDecided(st, cacheMiss)
+	cs.rec = &recorder{max: g.cachePol.maxEntry, budget: &g.recBudget}
+	return false
+}
+
+// langflowStream reads Langflow's ?stream= as FastAPI parses a bool: the
+// last value, 1/true/yes/on/t/y (any case) for true.
+func langflowStream(r *http.Request) bool {
+	vs := r.URL.Query()["stream"]
+	if len(vs) == 0 {
+		return false
+	}
+	switch strings.ToLower(vs[len(vs)-1]) {
+	case "1", "true", "yes", "on", "t", "y":
+		return true
+	}
+	return false
 }
 
 func (g *Gateway) cacheDecided(st *reqState, result string) {
@@ -274,11 +308,17 @@ func (g *Gateway) serveEntry(w http.ResponseWriter, st *reqState, e *cache.Entry
 	g.securityHeaders(h, h)
 	h["X-Request-Id"] = []string{st.id}
 	h["X-Cache"] = []string{cacheHit}
-	h["Age"] = []string{strconv.FormatInt(int64(time.Since(e.Created())/time.Second), 10)}
+	// Replicas' clocks differ: an entry from a faster one is not from
+	// the future.
+	h["Age"] = []string{strconv.FormatInt(max(0, int64(time.Since(e.Created())/time.Second)), 10)}
 	h["Content-Type"] = []string{e.ContentType()}
 	if eh := e.Headers(); len(eh) > 0 {
 		for i := 0; i+1 < len(eh); i += 2 {
-			h[eh[i]] = append(h[eh[i]], eh[i+1])
+			// Entries come back from Redis: only the headers a hit may
+			// replay are believed.
+			if isReplayed(eh[i]) {
+				h[eh[i]] = append(h[eh[i]], eh[i+1])
+			}
 		}
 	}
 	bp := hitBufPool.Get().(*[]byte)
@@ -291,7 +331,7 @@ func (g *Gateway) serveEntry(w http.ResponseWriter, st *reqState, e *cache.Entry
 		h["X-Accel-Buffering"] = []string{"no"}
 	} else if st.acceptGzip && int64(len(body)) >= g.gzipMin && g.compressible(e.ContentType()) {
 		h["Content-Encoding"] = []string{"gzip"}
-		h["Vary"] = []string{"Accept-Encoding"}
+		h["Vary"] = append(h["Vary"], "Accept-Encoding")
 		st.rw.compress = true
 	}
 	if !st.rw.compress {
@@ -333,8 +373,12 @@ func (g *Gateway) cacheResponse(res *http.Response, out http.Header, st *reqStat
 	// Stored answers are: 2xx, storable by the upstream's word,
 	// uncompressed (the recorder reads plain bytes), and streams only in
 	// Flowise's framing, which is what a hit replays.
+	// A JSON request is never answered with a stream by Flowise; storing
+	// one under the JSON variant would serve it to every JSON caller. A
+	// Set-Cookie belongs to one caller.
 	if res.StatusCode < 200 || res.StatusCode > 299 || forbidsSharedCaching(h) ||
-		h.Get("Content-Encoding") != "" || (st.sse && st.info.Kind != flow.Flowise) {
+		h.Get("Content-Encoding") != "" || (st.sse && st.info.Kind != flow.Flowise) ||
+		(st.sse && !cs.key.Stream) || len(h["Set-Cookie"]) > 0 {
 		rec.fail()
 		return
 	}
@@ -350,10 +394,27 @@ func (g *Gateway) cacheResponse(res *http.Response, out http.Header, st *reqStat
 // answer without them.
 var replayedHeaders = []string{"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Access-Control-Expose-Headers", "Vary"}
 
+func isReplayed(name string) bool {
+	for _, h := range replayedHeaders {
+		if h == name {
+			return true
+		}
+	}
+	return false
+}
+
 // cacheFinish runs when the request is done: it stores a complete answer
 // and lands the flight, so waiting requests get it (or try themselves).
+//
+// It runs as soon as the upstream's answer has ended (upstreamBody), so
+// the flight lands without waiting for the leader's client to read it all;
+// and again when the request is done, where it only settles what is left.
 func (g *Gateway) cacheFinish(st *reqState) {
 	cs := &st.cache
+	if cs.settled {
+		return
+	}
+	cs.settled = true
 	var e *cache.Entry
 	if rec := cs.rec; rec != nil && !rec.failed && st.ub.eof && st.cut == "" && st.upstreamStatus != 0 {
 		var err error
@@ -367,7 +428,7 @@ func (g *Gateway) cacheFinish(st *reqState) {
 			e = nil
 		} else {
 			e.SetHeaders(cs.hdr)
-			g.cacheStore.Set(cs.key, e, cs.ttl)
+			g.cacheStore.SetFrom(cs.version, cs.key, e, cs.ttl)
 		}
 	}
 	if cs.rec != nil {

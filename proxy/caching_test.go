@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -8,7 +9,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/config"
@@ -311,5 +314,134 @@ func TestCacheHitsKeepCORSHeaders(t *testing.T) {
 	other := get("https://b.example")
 	if other.Header.Get("X-Cache") != "MISS" || other.Header.Get("Access-Control-Allow-Origin") != "https://b.example" {
 		t.Fatalf("another origin: %v", other.Header)
+	}
+}
+
+// The query is part of the key: Langflow takes its API key there.
+func TestCacheKeysTheQuery(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Query().Get("x-api-key") != "secret" {
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"detail":"forbidden"}`)
+			return
+		}
+		io.WriteString(w, `{"outputs":[{"text":"protected"}]}`)
+	}))
+	defer up.Close()
+	g := cachedGW(t, up.URL, func(c *config.Config) { c.Health.Active.Enabled = ptr(false) })
+	run := func(query string) (string, int) {
+		resp, err := http.Post(g.URL+"/api/v1/run/myflow"+query, "application/json", strings.NewReader(`{"input_value":"hi"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.Header.Get("X-Cache"), resp.StatusCode
+	}
+	for _, tc := range []struct {
+		query, xcache string
+		status        int
+	}{
+		{"?x-api-key=secret", "MISS", 200},
+		{"", "MISS", 403},
+		{"?x-api-key=wrong", "MISS", 403},
+		{"?x-api-key=secret", "HIT", 200},
+	} {
+		if xc, status := run(tc.query); xc != tc.xcache || status != tc.status {
+			t.Errorf("query %q: %s %d, want %s %d", tc.query, xc, status, tc.xcache, tc.status)
+		}
+	}
+}
+
+// The gateway reads "streaming" as Flowise does, so no caller can store a
+// stream where JSON callers look (or the reverse).
+func TestCacheStreamVariantCannotBePoisoned(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := cachedGW(t, ff.URL(), nil)
+	// Flowise streams this one ("stre\u0061ming" is "streaming"), so it
+	// is a streaming request, cached as one.
+	resp := predict(t, http.DefaultClient, g.URL, `{"question":"p","stre\u0061ming":true}`, nil)
+	readAll(t, resp)
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("not streamed: %s", ct)
+	}
+	if xc, _, body := ask(t, g, `{"question":"p"}`, nil); xc != "MISS" || strings.HasPrefix(body, "message:") {
+		t.Fatalf("a JSON request got %s %.30q", xc, body)
+	}
+	// Flowise reads the exact key: "Streaming" is not "streaming".
+	resp = predict(t, http.DefaultClient, g.URL, `{"question":"q","streaming":false,"Streaming":true}`, nil)
+	readAll(t, resp)
+	if x, ev := streamEvents(t, g, `{"question":"q","streaming":true}`); x != "MISS" || len(ev) == 0 {
+		t.Fatalf("a streaming request got %s with %d events", x, len(ev))
+	}
+}
+
+// When the leader's answer cannot be stored, the requests that waited go
+// upstream together, not one after another.
+func TestCacheWaitersGoTogetherAfterAnUnstorableAnswer(t *testing.T) {
+	var inflight, peak atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inflight.Add(1)
+		defer inflight.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		io.Copy(io.Discard, r.Body)
+		time.Sleep(200 * time.Millisecond) // the upstream's latency, not a synchronisation
+		w.Header().Set("Cache-Control", "private")
+		io.WriteString(w, `{"text":"mine"}`)
+	}))
+	defer up.Close()
+	g := cachedGW(t, up.URL, func(c *config.Config) { c.Health.Active.Enabled = ptr(false) })
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			post(http.DefaultClient, g.URL, `{"question":"private"}`, nil)
+		}()
+	}
+	wg.Wait()
+	if p := peak.Load(); p < 2 {
+		t.Fatalf("at most %d request upstream at a time: the waiters queued", p)
+	}
+}
+
+// One flow, one policy and one set of entries, whatever the case of its id.
+func TestCacheWorkflowIDCase(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{})
+	g := cachedGW(t, ff.URL(), func(c *config.Config) {
+		c.Cache.Workflows = map[string]config.CachePolicy{strings.ToUpper(flowID): {Enabled: ptr(false)}}
+	})
+	if xc, _, _ := ask(t, g, `{"question":"case"}`, nil); xc != "" {
+		t.Fatalf("policy of the upper-case id not applied to the lower-case one: X-Cache %q", xc)
+	}
+}
+
+// An answer fetched while its workflow was invalidated is not stored.
+func TestCacheInvalidationDuringAMiss(t *testing.T) {
+	started := make(chan struct{}, 1)
+	ff := startFlow(t, fakeflow.Options{OnRequest: func(r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/v1/prediction/") {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+		}
+	}})
+	g := cachedGW(t, ff.URL(), nil)
+	done := make(chan string)
+	go func() {
+		_, body := post(http.DefaultClient, g.URL, `{"question":"changing"}`, map[string]string{"X-Fakeflow-Latency": "300ms"})
+		done <- body
+	}()
+	<-started
+	if _, err := g.CacheStore().Invalidate(context.Background(), flowID); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	if xc, _, _ := ask(t, g, `{"question":"changing"}`, nil); xc != "MISS" {
+		t.Fatalf("an answer fetched across an invalidation was stored: %s", xc)
 	}
 }

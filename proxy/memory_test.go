@@ -68,6 +68,17 @@ type flowgateProc struct {
 	logs        chan map[string]any // its log lines after the start line
 }
 
+// drainLogs forgets p's log lines so far, so a wait sees only new ones.
+func (p flowgateProc) drainLogs() {
+	for {
+		select {
+		case <-p.logs:
+		default:
+			return
+		}
+	}
+}
+
 // waitLog waits for a log line with message msg from p.
 func (p flowgateProc) waitLog(t *testing.T, msg string, d time.Duration) map[string]any {
 	t.Helper()

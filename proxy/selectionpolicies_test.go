@@ -172,6 +172,14 @@ func TestAsksToStream(t *testing.T) {
 		`{"question":"hi"}`:                    false,
 		`{"question":"say \"streaming\""}`:     false,
 		`not json "streaming"`:                 false,
+		// As JSON.parse reads it: exact keys after unescaping, the last
+		// duplicate winning.
+		`{"stre\u0061ming":true}`:                true,
+		`{"streaming":false,"Streaming":true}`:   false,
+		`{"streaming":true,"streaming":false}`:   false,
+		`{"streaming":false,"streaming":"true"}`: true,
+		`{"Streaming":true}`:                     false,
+		`{"question":"caf\u00e9","streaming":1}`: false,
 	} {
 		if got := asksToStream([]byte(body)); got != want {
 			t.Errorf("asksToStream(%s) = %v, want %v", body, got, want)

@@ -80,6 +80,10 @@ func (b *upstreamBody) onEvent(ev *sse.Event) {
 	b.ended = !ev.Truncated && flow.IsFlowiseEnd(ev.Data)
 	if b.rec != nil {
 		b.rec.event(ev.Data, ev.Truncated)
+		if b.rec.failed {
+			// Nothing more to keep: back to the stream check's bound.
+			b.parser.MaxEventBytes = maxCheckedEvent
+		}
 	}
 }
 
@@ -105,6 +109,9 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 	if err == io.EOF {
 		if !b.flowiseSSE || b.ended {
 			b.eof = true
+			if b.rec != nil {
+				b.st.g.cacheFinish(b.st) // store and land now, not after the client read it all
+			}
 			return n, io.EOF
 		}
 		err = errStreamIncomplete
