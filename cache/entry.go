@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/crc32"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -397,6 +398,39 @@ func (e *Entry) AppendBody(dst []byte) []byte {
 		prev = s.off + s.n
 	}
 	return append(dst, e.body[prev:]...)
+}
+
+// Len is the length of a replay.
+func (e *Entry) Len() int { return e.outLen }
+
+// WriteTo writes the answer as AppendBody appends it, straight from the
+// stored bytes: a hit of a large answer is not copied first, so slow
+// clients reading large hits hold no memory of their own.
+func (e *Entry) WriteTo(w io.Writer) (int64, error) {
+	var buf [8][uuidLen]byte
+	fresh := buf[:]
+	if e.nids > len(buf) {
+		fresh = make([][uuidLen]byte, e.nids)
+	}
+	fresh = fresh[:e.nids]
+	newUUIDs(fresh)
+	var n int64
+	write := func(p []byte) error {
+		m, err := w.Write(p)
+		n += int64(m)
+		return err
+	}
+	prev := uint32(0)
+	for _, s := range e.slots {
+		if err := write(e.body[prev:s.off]); err != nil {
+			return n, err
+		}
+		if err := write(fresh[s.id][:]); err != nil {
+			return n, err
+		}
+		prev = s.off + s.n
+	}
+	return n, write(e.body[prev:])
 }
 
 // objectMembers calls fn with each member of the JSON object b (valid

@@ -600,3 +600,14 @@ func TestEntryOnlyUUIDsAreSlots(t *testing.T) {
 		t.Errorf("chatMessageId %q not fresh", id)
 	}
 }
+
+// WriteTo writes what AppendBody appends, ids aside.
+func TestEntryWriteTo(t *testing.T) {
+	for name, e := range sampleEntries(t) {
+		var b bytes.Buffer
+		n, err := e.WriteTo(&b)
+		if err != nil || int(n) != e.Len() || b.Len() != len(e.AppendBody(nil)) {
+			t.Fatalf("%s: WriteTo wrote %d (%v), Len %d, AppendBody %d", name, n, err, e.Len(), len(e.AppendBody(nil)))
+		}
+	}
+}

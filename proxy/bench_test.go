@@ -2,9 +2,11 @@ package proxy_test
 
 import (
 	"bufio"
+	"encoding/binary"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -347,6 +349,15 @@ func BenchmarkGatewayCacheHit(b *testing.B) {
 	})
 }
 
+// missCacheMemory is what BenchmarkGatewayCacheMiss stores before the
+// measurement: the cache's bound in "miss" (full: every miss stores one
+// entry and evicts another, as in a gateway that has run for a while),
+// a sixteenth of it in "miss-room" (no eviction). Every variant holds that
+// much (the uncached one in an unused store of its own), so the live heap
+// is the same size in all of them and none gets rarer collections from a
+// larger heap.
+const missCacheMemory = 16 << 20
+
 func BenchmarkGatewayCacheMiss(b *testing.B) {
 	up := benchUpstream(b)
 	const otherFlow = "0b9d3c1e-2a41-4f8e-9e77-5c1d2b3a4f60"
@@ -355,21 +366,37 @@ func BenchmarkGatewayCacheMiss(b *testing.B) {
 	const fixed = `{"question":"hi 100000000"}`
 	n := 100000000
 	next := func() string { n++; return `{"question":"hi ` + strconv.Itoa(n) + `"}` }
+	answer, ctype := upstreamAnswer(b, up.URL, fixed)
 	for _, c := range []struct {
-		name   string
-		mutate func(*config.Config)
-		fixed  bool
-		hdr    []string
-		first  string // X-Cache of the first request
-		again  string // X-Cache of the last input sent again, plainly
+		name     string
+		workflow string // the cache is on for it; "" no cache
+		bound    int64  // the cache's max_memory
+		fixed    bool
+		hdr      []string
+		first    string // X-Cache of the first request
+		again    string // X-Cache of the last input sent again, plainly
 	}{
-		{"path=uncached", nil, false, nil, "", ""},
-		{"path=miss", cacheFor(flowID), false, nil, "MISS", "HIT"},
-		{"path=refresh", cacheFor(flowID), true, []string{"Cache-Control", "no-cache"}, "REFRESH", "HIT"},
-		{"path=other-workflow", cacheFor(otherFlow), false, nil, "", ""},
+		{"path=uncached", "", 0, false, nil, "", ""},
+		{"path=miss", flowID, missCacheMemory, false, nil, "MISS", "HIT"},
+		{"path=miss-room", flowID, 16 * missCacheMemory, false, nil, "MISS", "HIT"},
+		{"path=refresh", flowID, missCacheMemory, true, []string{"Cache-Control", "no-cache"}, "REFRESH", "HIT"},
+		{"path=other-workflow", otherFlow, missCacheMemory, false, nil, "", ""},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			g := benchGatewayWith(b, up.URL, true, c.mutate)
+			var g *proxy.Gateway
+			var full *cache.Store
+			if c.workflow == "" {
+				g = benchGatewayWith(b, up.URL, true, nil)
+				full = newBenchStore(b, missCacheMemory)
+				fillStore(b, full, flowID, answer, ctype, missCacheMemory)
+			} else {
+				g = benchGatewayWith(b, up.URL, true, func(cfg *config.Config) {
+					cacheFor(c.workflow)(cfg)
+					cfg.Cache.MaxMemory = config.ByteSize(c.bound)
+				})
+				full = g.CacheStore()
+				fillStore(b, full, c.workflow, answer, ctype, missCacheMemory)
+			}
 			body := func() string {
 				s := next()
 				if c.fixed {
@@ -396,6 +423,51 @@ func BenchmarkGatewayCacheMiss(b *testing.B) {
 			if got := serveReq(b, g, last).Header().Get("X-Cache"); got != c.again {
 				b.Fatalf("the last input again: X-Cache %q, want %q", got, c.again)
 			}
+			runtime.KeepAlive(full)
 		})
+	}
+}
+
+// upstreamAnswer is the upstream's answer to body, and its Content-Type.
+func upstreamAnswer(b *testing.B, upstream, body string) ([]byte, string) {
+	b.Helper()
+	resp, err := http.Post(upstream+predictPath, "application/json", strings.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("upstream: %d %v", resp.StatusCode, err)
+	}
+	return answer, resp.Header.Get("Content-Type")
+}
+
+// newBenchStore is a memory-only store as cmd/flowgate builds it.
+func newBenchStore(b *testing.B, maxMemory int64) *cache.Store {
+	b.Helper()
+	st, err := cache.NewStore(cache.Options{MaxMemory: maxMemory, Metrics: metrics.New(prometheus.NewRegistry()), Logger: zap.NewNop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(st.Close)
+	return st
+}
+
+// fillStore stores distinct copies of answer under workflow until their
+// weight (entry size plus key, as the store counts it) reaches maxMemory.
+func fillStore(b *testing.B, st *cache.Store, workflow string, answer []byte, ctype string, maxMemory int64) {
+	b.Helper()
+	var weight int64
+	for i := uint64(0); weight < maxMemory; i++ {
+		e, err := cache.NewJSON(http.StatusOK, ctype, answer, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		k := cache.Key{Workflow: workflow}
+		binary.LittleEndian.PutUint64(k.Sum[:], i)
+		k.Sum[31] = 0xfe // not a sum a request derives
+		st.Set(k, e, time.Hour)
+		weight += int64(e.Size() + len(k.Workflow) + 1 + len(k.Sum))
 	}
 }

@@ -321,30 +321,38 @@ func (g *Gateway) serveEntry(w http.ResponseWriter, st *reqState, e *cache.Entry
 			}
 		}
 	}
-	bp := hitBufPool.Get().(*[]byte)
-	body := e.AppendBody((*bp)[:0])
 	if e.Stream() {
 		st.sse = true
 		// As Flowise sends its streams: nothing between it and the
 		// client may buffer or cache them.
 		h["Cache-Control"] = []string{"no-cache"}
 		h["X-Accel-Buffering"] = []string{"no"}
-	} else if st.acceptGzip && int64(len(body)) >= g.gzipMin && g.compressible(e.ContentType()) {
+	} else if st.acceptGzip && int64(e.Len()) >= g.gzipMin && g.compressible(e.ContentType()) {
 		h["Content-Encoding"] = []string{"gzip"}
 		h["Vary"] = append(h["Vary"], "Accept-Encoding")
 		st.rw.compress = true
 	}
 	if !st.rw.compress {
-		h["Content-Length"] = []string{strconv.Itoa(len(body))}
+		h["Content-Length"] = []string{strconv.Itoa(e.Len())}
 	}
 	st.rw.WriteHeader(e.Status())
-	_, _ = st.rw.Write(body)
-	if cap(body) <= 64<<10 {
+	if e.Len() > maxHitCopy {
+		// Written from the stored bytes: a large hit to a slow client
+		// holds no copy of its own.
+		_, _ = e.WriteTo(&st.rw)
+	} else {
+		bp := hitBufPool.Get().(*[]byte)
+		body := e.AppendBody((*bp)[:0])
+		_, _ = st.rw.Write(body)
 		*bp = body
 		hitBufPool.Put(bp)
 	}
 	st.ub.eof = true // complete: not a cut in the log
 }
+
+// maxHitCopy: hits up to this size are built in a pooled buffer and sent in
+// one write; larger ones are written piece by piece from the entry.
+const maxHitCopy = 64 << 10
 
 var hitBufPool = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 

@@ -445,3 +445,14 @@ func TestCacheInvalidationDuringAMiss(t *testing.T) {
 		t.Fatalf("an answer fetched across an invalidation was stored: %s", xc)
 	}
 }
+
+// A large hit is written piece by piece and arrives whole, ids fresh.
+func TestCacheLargeHit(t *testing.T) {
+	ff := startFlow(t, fakeflow.Options{Tokens: 20000})
+	g := cachedGW(t, ff.URL(), nil)
+	_, _, a := ask(t, g, `{"question":"big"}`, nil)
+	xc, _, b := ask(t, g, `{"question":"big"}`, nil)
+	if xc != "HIT" || len(a) < 64<<10 || len(a) != len(b) || !sameAnswer(t, a, b) {
+		t.Fatalf("X-Cache %s, %d then %d bytes", xc, len(a), len(b))
+	}
+}

@@ -213,6 +213,9 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 			return err
 		}
 		defer store.Close()
+		if len(cfg.Cache.VaryHeaders) == 0 {
+			log.Warn("cache.vary_headers is empty: every caller of a cached workflow shares its answers, whatever their credentials")
+		}
 	}
 	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, AccessLog: accessLog, Cache: store})
 	if err != nil {
