@@ -6,9 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flowgate/flowgate/config"
 )
 
 // The harness itself runs for minutes and is not run by tests; these check
@@ -150,5 +153,66 @@ func TestReportJSONWithNaN(t *testing.T) {
 	}
 	if !strings.Contains(string(b), `"CPUus":null`) {
 		t.Errorf("NaN not written as null: %s", b)
+	}
+}
+
+// The cache-hit target's config parses, turns the cache on for the
+// benchmark's flow only, and leaves the rest as the plain flowgate target's.
+func TestCacheTargetConfig(t *testing.T) {
+	text := flowgateConf(18080, 18090, "http://127.0.0.1:3000", true) + flowgateCacheSection(flowID)
+	c, err := config.Parse([]byte(text), "flowgate.yaml")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	if p := c.Cache.Policy(flowID); !p.Enabled || p.TTL != time.Hour {
+		t.Errorf("policy of the benchmark's flow: %+v", p)
+	}
+	if c.Cache.Policy("another").Enabled {
+		t.Error("the cache is on for other flows too")
+	}
+	if c.Redis.Addr != "" {
+		t.Errorf("redis.addr %q: the target is memory only", c.Redis.Addr)
+	}
+	if c.Server.Listen != "127.0.0.1:18080" {
+		t.Errorf("listen %q", c.Server.Listen)
+	}
+	if !slices.Contains(allTargets, cacheTarget) || !jsonOnly(cacheTarget) || jsonOnly("flowgate") {
+		t.Error("flowgate-cache: in the default targets, JSON scenario only")
+	}
+}
+
+func TestCacheCounts(t *testing.T) {
+	before, err := parseCacheCounts(strings.NewReader(`# HELP flowgate_cache_requests_total Flow requests ...
+# TYPE flowgate_cache_requests_total counter
+flowgate_cache_requests_total{result="hit"} 10
+flowgate_cache_requests_total{result="miss"} 1
+flowgate_requests_total{method="POST",route="prediction",status="200"} 11
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before["hit"] != 10 || before["miss"] != 1 || len(before) != 2 {
+		t.Fatalf("parsed %v", before)
+	}
+	after, _ := parseCacheCounts(strings.NewReader("flowgate_cache_requests_total{result=\"hit\"} 1.00064e+06\nflowgate_cache_requests_total{result=\"miss\"} 1\n"))
+	d := after.since(before)
+	if d.Hits != 1000630 || d.Others != nil {
+		t.Fatalf("delta %+v", d)
+	}
+	if err := d.allHits(1000600, 64); err != nil {
+		t.Errorf("all hits refused: %v", err)
+	}
+	if err := d.allHits(1000700, 64); err == nil {
+		t.Error("fewer hits than requests accepted")
+	}
+	if err := d.allHits(1000630-128, 64); err != nil {
+		t.Errorf("the tails of the warm-up and of the run refused: %v", err)
+	}
+	if err := d.allHits(1000630-129, 64); err == nil {
+		t.Error("more hits than requests in flight could explain accepted")
+	}
+	moved, _ := parseCacheCounts(strings.NewReader("flowgate_cache_requests_total{result=\"hit\"} 20\nflowgate_cache_requests_total{result=\"miss\"} 2\nflowgate_cache_requests_total{result=\"coalesced\"} 3\n"))
+	if err := moved.since(before).allHits(10, 64); err == nil || !strings.Contains(err.Error(), "miss") {
+		t.Errorf("a miss during the run accepted: %v", err)
 	}
 }

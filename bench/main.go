@@ -11,6 +11,8 @@
 //
 //   - JSON throughput: wrk, keep-alive, fixed connections, a small
 //     prediction POST; requests/s, p50 and p99 latency, CPU per request;
+//     also flowgate answering the same input from its cache (every
+//     request after the first a hit, checked);
 //   - moderate load: fixed rates (30% of the slowest proxy's throughput, and
 //     30% of nginx's) from an open-loop client; latency added over direct;
 //   - streaming: fakeflow stamps each token frame with its write time, the
@@ -85,7 +87,7 @@ func run() int {
 	flag.IntVar(&o.conns, "conns", 64, "wrk keep-alive connections")
 	flag.IntVar(&o.threads, "threads", 2, "wrk threads")
 	flag.StringVar(&only, "only", "json,rate,stream,memory", "scenarios: json, rate, stream, memory")
-	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "targets: direct, nginx, caddy, flowgate, and httputil (a bare httputil.ReverseProxy, for reference)")
+	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "targets: direct, nginx, caddy, flowgate, flowgate-cache (a second flowgate serving cache hits; JSON scenario only), and httputil (a bare httputil.ReverseProxy, for reference)")
 	flag.IntVar(&o.rate, "rate", 0, "requests/s of the moderate-load scenario (0: 30% of the slowest proxy's and 30% of nginx's measured throughput)")
 	flag.DurationVar(&o.rateDur, "rate-duration", 5*time.Second, "moderate-load duration per target per round")
 	flag.IntVar(&o.rateConns, "rate-conns", 32, "moderate-load keep-alive connections")
@@ -205,6 +207,9 @@ func bench(o options) error {
 	var ts []*target
 	if needTargets {
 		for _, k := range o.targets {
+			if jsonOnly(k) && !o.only["json"] {
+				continue
+			}
 			t, err := e.startTarget(k, "")
 			if err != nil {
 				return err
@@ -214,15 +219,25 @@ func bench(o options) error {
 		}
 	}
 	if o.only["json"] {
-		rep.JSON = jsonScenario(e, ts, o)
-	}
-	if o.only["rate"] {
-		for _, rate := range moderateRates(o, rep.JSON) {
-			rep.Rate = append(rep.Rate, rateScenario(ts, rate.rps, rate.why, o))
+		if rep.JSON, err = jsonScenario(e, ts, o); err != nil {
+			return err
 		}
 	}
-	if o.only["stream"] {
-		rep.Stream = streamScenario(ts, o)
+	// The cache-hit target answers the JSON scenario's repeated input;
+	// the other scenarios are about proxying.
+	var proxied []*target
+	for _, t := range ts {
+		if !jsonOnly(t.name) {
+			proxied = append(proxied, t)
+		}
+	}
+	if o.only["rate"] && len(proxied) > 0 {
+		for _, rate := range moderateRates(o, rep.JSON) {
+			rep.Rate = append(rep.Rate, rateScenario(proxied, rate.rps, rate.why, o))
+		}
+	}
+	if o.only["stream"] && len(proxied) > 0 {
+		rep.Stream = streamScenario(proxied, o)
 	}
 	for _, t := range ts {
 		if t.p != nil {
@@ -399,7 +414,7 @@ func moderateRates(o options, js map[string]*jsonAgg) []rateChoice {
 	round := func(f float64) int { return int(math.Max(100, math.Round(f/100)*100)) }
 	slowest, slowName := math.Inf(1), ""
 	for name, a := range js {
-		if name != "direct" && a.RPS.Med < slowest {
+		if name != "direct" && !jsonOnly(name) && a.RPS.Med < slowest {
 			slowest, slowName = a.RPS.Med, name
 		}
 	}

@@ -32,6 +32,9 @@ type jsonRound struct {
 	CPUus   f64     // proxy CPU per request; NaN (null) for direct
 	UpCPUus float64 // fakeflow CPU per request
 	RPS     float64
+	// Cache is what the cache-hit target's metrics counted during the
+	// measured run (nil for the other targets).
+	Cache *cacheDelta `json:",omitempty"`
 }
 
 type jsonAgg struct {
@@ -40,14 +43,28 @@ type jsonAgg struct {
 	Errors                 int64
 }
 
-func jsonScenario(e *env, ts []*target, o options) map[string]*jsonAgg {
+func jsonScenario(e *env, ts []*target, o options) (map[string]*jsonAgg, error) {
 	logf("JSON throughput: wrk -t%d -c%d, %s per target, %d rounds", o.threads, o.conns, o.duration, o.rounds)
 	agg := map[string]*jsonAgg{}
 	for r := 0; r < o.rounds; r++ {
 		for _, t := range rotate(ts, r) {
 			ctx := context.Background()
+			if t.name == cacheTarget {
+				// The first request of the input may be a miss; the
+				// one after must be a hit, or nothing here measures hits.
+				if err := probeHit(t.url); err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+			}
 			if _, err := runWrk(ctx, e.dir, t.url, o.threads, o.conns, time.Second); err != nil { // warm-up
 				logf("%s warm-up: %v", t.name, err)
+			}
+			var c0 cacheCounts
+			if t.name == cacheTarget {
+				var err error
+				if c0, err = readCacheCounts(t.metricsURL); err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
 			}
 			var cpu0 time.Duration
 			if t.p != nil {
@@ -60,6 +77,17 @@ func jsonScenario(e *env, ts []*target, o options) map[string]*jsonAgg {
 				continue
 			}
 			jr := jsonRound{Round: r + 1, Wrk: w, RPS: w.rps(), CPUus: nan}
+			if t.name == cacheTarget {
+				c1, err := readCacheCounts(t.metricsURL)
+				if err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+				d := c1.since(c0)
+				jr.Cache = &d
+				if err := d.allHits(w.Requests, int64(o.conns)); err != nil {
+					return nil, fmt.Errorf("%s round %d: wrk's requests were not all cache hits: %w", t.name, r+1, err)
+				}
+			}
 			if w.Requests > 0 {
 				if t.p != nil {
 					jr.CPUus = f64(us(t.p.cpuTime()-cpu0) / float64(w.Requests))
@@ -73,8 +101,8 @@ func jsonScenario(e *env, ts []*target, o options) map[string]*jsonAgg {
 			}
 			a.Rounds = append(a.Rounds, jr)
 			a.Errors += w.errors()
-			logf("  %-8s round %d: %s req/s  p50 %s  p99 %s  proxy CPU %s/req  errors %d",
-				t.name, r+1, fmtInt(jr.RPS), fmtUS(w.P50), fmtUS(w.P99), fmtUS(float64(jr.CPUus)), w.errors())
+			logf("  %-8s round %d: %s req/s  p50 %s  p99 %s  proxy CPU %s/req  errors %d%s",
+				t.name, r+1, fmtInt(jr.RPS), fmtUS(w.P50), fmtUS(w.P99), fmtUS(float64(jr.CPUus)), w.errors(), jr.Cache.String())
 		}
 	}
 	for _, a := range agg {
@@ -90,7 +118,7 @@ func jsonScenario(e *env, ts []*target, o options) map[string]*jsonAgg {
 		}
 		a.RPS, a.P50, a.P99, a.CPU, a.Up = spreadOf(rps), spreadOf(p50), spreadOf(p99), spreadOf(cpu), spreadOf(up)
 	}
-	return agg
+	return agg, nil
 }
 
 // ---- moderate load (open loop, fixed rate) -------------------------------
@@ -196,7 +224,7 @@ func memoryScenario(e *env, o options) map[string]*memAgg {
 	logf("memory: RSS holding %d open streams, minus idle RSS, per stream", o.memStreams)
 	out := map[string]*memAgg{}
 	for _, kind := range o.targets {
-		if kind == "direct" {
+		if kind == "direct" || jsonOnly(kind) {
 			continue
 		}
 		ma := &memAgg{Streams: o.memStreams}

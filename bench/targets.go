@@ -10,10 +10,21 @@ import (
 
 // A target is one way to reach fakeflow: directly, or through a proxy.
 type target struct {
-	name string // direct, nginx, caddy, flowgate
+	name string // direct, nginx, caddy, flowgate, flowgate-cache, httputil
 	url  string // http://127.0.0.1:port
 	p    *proc  // the proxy process; nil for direct (then up is measured)
+	// metricsURL is flowgate's /metrics ("" for the others): the
+	// cache-hit target's hits and misses are counted there.
+	metricsURL string
 }
+
+// cacheTarget is a second flowgate with the cache on for the benchmark's
+// flow: every request after the first is answered from the cache. It takes
+// part in the JSON throughput scenario only.
+const cacheTarget = "flowgate-cache"
+
+// jsonOnly reports whether a target is measured in the JSON scenario only.
+func jsonOnly(name string) bool { return name == cacheTarget }
 
 const (
 	flowID      = "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
@@ -36,10 +47,10 @@ type env struct {
 	flowgateAccessLog bool
 }
 
-var allTargets = []string{"direct", "nginx", "caddy", "flowgate"}
+var allTargets = []string{"direct", "nginx", "caddy", "flowgate", cacheTarget}
 
 // knownTargets are the rows a table may have, in order.
-var knownTargets = []string{"direct", "nginx", "caddy", "flowgate", "httputil"}
+var knownTargets = []string{"direct", "nginx", "caddy", "flowgate", cacheTarget, "httputil"}
 
 // startTarget starts a fresh proxy of the given kind in front of e.upAddr.
 // tag keeps file names apart when one kind is started more than once.
@@ -57,6 +68,7 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 	}
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	var p *proc
+	var metricsURL string
 	switch kind {
 	case "nginx":
 		conf := filepath.Join(dir, "nginx.conf")
@@ -73,15 +85,20 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		p, err = startProc(kind, "caddy", []string{"run", "--config", conf, "--adapter", "caddyfile"},
 			[]string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir},
 			filepath.Join(dir, "caddy.log"), false)
-	case "flowgate":
+	case "flowgate", cacheTarget:
 		conf := filepath.Join(dir, "flowgate.yaml")
 		mport, err := freePort()
 		if err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(conf, []byte(flowgateConf(port, mport, e.upURL, e.flowgateAccessLog)), 0o644); err != nil {
+		text := flowgateConf(port, mport, e.upURL, e.flowgateAccessLog)
+		if kind == cacheTarget {
+			text += flowgateCacheSection(flowID)
+		}
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return nil, err
 		}
+		metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", mport)
 		// stdout carries the JSON access log: it goes to a file on disk,
 		// like nginx's and Caddy's.
 		p, err = startProc(kind, e.flowgate, []string{"-config", conf}, e.flowgateEnv, filepath.Join(dir, "access.log"), false)
@@ -98,7 +115,7 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		p.stop()
 		return nil, fmt.Errorf("%s: %w (logs in %s)", kind, err, dir)
 	}
-	return &target{name: kind, url: url, p: p}, nil
+	return &target{name: kind, url: url, p: p, metricsURL: metricsURL}, nil
 }
 
 // nginxConf is a production Flowise nginx.conf, pointed at loopback ports
@@ -235,7 +252,7 @@ http://:{PORT} {
 }
 
 // flowgateConf: metrics and access logs on (the defaults), admin off, the
-// cache and quotas do not exist yet.
+// cache off (its default), quotas do not exist yet.
 func flowgateConf(port, metricsPort int, upURL string, accessLog bool) string {
 	return fmt.Sprintf(`server:
   listen: "127.0.0.1:%d"
@@ -247,4 +264,13 @@ log:
   level: info
   access_log: %v
 `, port, metricsPort, upURL, accessLog)
+}
+
+// flowgateCacheSection turns the cache on for one workflow, memory only
+// (no redis.addr), the other cache keys at their defaults.
+func flowgateCacheSection(workflow string) string {
+	return fmt.Sprintf(`cache:
+  workflows:
+    %q: {enabled: true, ttl: 1h}
+`, workflow)
 }

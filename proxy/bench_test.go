@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -212,24 +213,29 @@ func BenchmarkObserveRequest(b *testing.B) {
 //
 // BenchmarkGatewayCacheHit is a hit's whole path in process: body read, key
 // derived, entry found, its answer written with fresh ids, the access log
-// line and the metrics. Nothing reaches the upstream, so ns/op is CPU (the
-// cpu-ns/op metric, the process's user+system time per hit, also counts
-// the GC's background work on the other core). "harness-floor" is what
-// the benchmark's own httptest request and recorder cost around a trivial
-// handler: the gateway's share of a hit is the difference.
+// line and the metrics. Nothing reaches the upstream, so ns/op is CPU; the
+// cpu-ns/op metric is the process's user+system time per hit, which with
+// GOMAXPROCS > 1 also counts the GC's background work and idle spinning
+// on the other core. "harness-floor" is what the benchmark's own httptest
+// request and recorder cost around a trivial handler: the gateway's share
+// of a hit is the difference.
 //
 // BenchmarkGatewayCacheMiss compares the miss path with the uncached path
 // on the same requests (a new input every iteration, so every request is
-// a miss that is recorded and stored), one sub-benchmark after the other
-// in each -count round, for benchstat -col /path:
+// a miss that is recorded and stored), for benchstat -col /path:
 //
-//	uncached        no cache configured
-//	miss            the cache on for the workflow: key, lookup, flight, recorder, entry stored
-//	refresh         the cache on, Cache-Control: no-cache on one input: key, recorder, entry replaced
-//	other-workflow  the cache on for another workflow only: this one's policy is looked up and is off
+//	uncached             no cache configured (an unused full store held, see missCacheMemory)
+//	uncached-small-heap  no cache configured, nothing held: BenchmarkGatewayServeHTTP's heap
+//	miss                 the cache on for the workflow, full: key, lookup, flight, recorder, entry stored, one evicted
+//	miss-room            the same with room in the cache: nothing evicted
+//	refresh              Cache-Control: no-cache on one input: key, recorder, entry replaced
+//	other-workflow       the cache on for another workflow only: this one's policy is looked up and is off
 //
-// ns/op of these is mostly waiting on loopback (one request at a time);
-// cpu-ns/op is what the process spent, fakeflow's share included.
+// One request at a time, ns/op is mostly waiting on loopback, and with
+// GOMAXPROCS > 1 it measures how soon an idle core wakes (on a VM, a busier
+// path can come out faster). Run with -cpu 1 to compare the work: ns/op is
+// then the CPU the process spent, fakeflow's share included. The Parallel
+// variant keeps both cores busy, as wrk does.
 
 // cpuPerOp starts counting the process's CPU time; the returned func
 // reports it per iteration as cpu-ns/op. Call it just before b.Loop and
@@ -315,6 +321,7 @@ func BenchmarkGatewayCacheHit(b *testing.B) {
 		expectXCache(b, g, benchJSON, "MISS")
 		expectXCache(b, g, benchJSON, "HIT")
 		b.ReportAllocs()
+		b.ResetTimer()
 		done := cpuPerOp(b)
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
@@ -358,63 +365,83 @@ func BenchmarkGatewayCacheHit(b *testing.B) {
 // larger heap.
 const missCacheMemory = 16 << 20
 
+// missCase is one variant of BenchmarkGatewayCacheMiss.
+type missCase struct {
+	name     string
+	workflow string // the cache is on for it; "" no cache
+	bound    int64  // the cache's max_memory; -1: no cache and nothing held (the heap of BenchmarkGatewayServeHTTP)
+	fixed    bool   // the same input every time (else a new one)
+	hdr      []string
+	first    string // X-Cache of the first request
+	again    string // X-Cache of the last input sent again, plainly
+}
+
+const (
+	missOtherFlow = "0b9d3c1e-2a41-4f8e-9e77-5c1d2b3a4f60"
+	// missFixed is refresh's input; the others' new inputs have its length.
+	missFixed = `{"question":"hi 100000000"}`
+)
+
+var missCases = []missCase{
+	{"path=uncached", "", 0, false, nil, "", ""},
+	{"path=uncached-small-heap", "", -1, false, nil, "", ""},
+	{"path=miss", flowID, missCacheMemory, false, nil, "MISS", "HIT"},
+	{"path=miss-room", flowID, 16 * missCacheMemory, false, nil, "MISS", "HIT"},
+	{"path=refresh", flowID, missCacheMemory, true, []string{"Cache-Control", "no-cache"}, "REFRESH", "HIT"},
+	{"path=other-workflow", missOtherFlow, missCacheMemory, false, nil, "", ""},
+}
+
+// missInputs hands out new inputs of missFixed's length, from any
+// goroutine.
+type missInputs struct{ n atomic.Int64 }
+
+func (m *missInputs) next(c missCase) string {
+	if c.fixed {
+		return missFixed
+	}
+	return `{"question":"hi ` + strconv.FormatInt(100000000+m.n.Add(1), 10) + `"}`
+}
+
+// missSetup builds c's gateway with the cache filled (see
+// missCacheMemory) and checks the first request's X-Cache.
+func missSetup(b *testing.B, up string, c missCase, in *missInputs) (g *proxy.Gateway, full *cache.Store) {
+	b.Helper()
+	answer, ctype := upstreamAnswer(b, up, missFixed)
+	if c.workflow == "" {
+		g = benchGatewayWith(b, up, true, nil)
+		if c.bound == 0 {
+			full = newBenchStore(b, missCacheMemory)
+			fillStore(b, full, flowID, answer, ctype, missCacheMemory)
+		}
+	} else {
+		g = benchGatewayWith(b, up, true, func(cfg *config.Config) {
+			cacheFor(c.workflow)(cfg)
+			cfg.Cache.MaxMemory = config.ByteSize(c.bound)
+		})
+		full = g.CacheStore()
+		fillStore(b, full, c.workflow, answer, ctype, missCacheMemory)
+	}
+	body := in.next(c)
+	if len(body) != len(missFixed) {
+		b.Fatalf("input %q: not the length of %q", body, missFixed)
+	}
+	if got := serveReq(b, g, body, c.hdr...).Header().Get("X-Cache"); got != c.first {
+		b.Fatalf("X-Cache %q, want %q", got, c.first)
+	}
+	return g, full
+}
+
 func BenchmarkGatewayCacheMiss(b *testing.B) {
 	up := benchUpstream(b)
-	const otherFlow = "0b9d3c1e-2a41-4f8e-9e77-5c1d2b3a4f60"
-	// A new input every iteration (the same work in every variant; refresh
-	// sends one fixed input of the same length instead).
-	const fixed = `{"question":"hi 100000000"}`
-	n := 100000000
-	next := func() string { n++; return `{"question":"hi ` + strconv.Itoa(n) + `"}` }
-	answer, ctype := upstreamAnswer(b, up.URL, fixed)
-	for _, c := range []struct {
-		name     string
-		workflow string // the cache is on for it; "" no cache
-		bound    int64  // the cache's max_memory
-		fixed    bool
-		hdr      []string
-		first    string // X-Cache of the first request
-		again    string // X-Cache of the last input sent again, plainly
-	}{
-		{"path=uncached", "", 0, false, nil, "", ""},
-		{"path=miss", flowID, missCacheMemory, false, nil, "MISS", "HIT"},
-		{"path=miss-room", flowID, 16 * missCacheMemory, false, nil, "MISS", "HIT"},
-		{"path=refresh", flowID, missCacheMemory, true, []string{"Cache-Control", "no-cache"}, "REFRESH", "HIT"},
-		{"path=other-workflow", otherFlow, missCacheMemory, false, nil, "", ""},
-	} {
+	var in missInputs
+	for _, c := range missCases {
 		b.Run(c.name, func(b *testing.B) {
-			var g *proxy.Gateway
-			var full *cache.Store
-			if c.workflow == "" {
-				g = benchGatewayWith(b, up.URL, true, nil)
-				full = newBenchStore(b, missCacheMemory)
-				fillStore(b, full, flowID, answer, ctype, missCacheMemory)
-			} else {
-				g = benchGatewayWith(b, up.URL, true, func(cfg *config.Config) {
-					cacheFor(c.workflow)(cfg)
-					cfg.Cache.MaxMemory = config.ByteSize(c.bound)
-				})
-				full = g.CacheStore()
-				fillStore(b, full, c.workflow, answer, ctype, missCacheMemory)
-			}
-			body := func() string {
-				s := next()
-				if c.fixed {
-					s = fixed
-				}
-				if len(s) != len(fixed) {
-					b.Fatalf("input %q: not the length of %q", s, fixed)
-				}
-				return s
-			}
-			last := body()
-			if got := serveReq(b, g, last, c.hdr...).Header().Get("X-Cache"); got != c.first {
-				b.Fatalf("X-Cache %q, want %q", got, c.first)
-			}
+			g, full := missSetup(b, up.URL, c, &in)
+			var last string
 			b.ReportAllocs()
 			done := cpuPerOp(b)
 			for b.Loop() {
-				last = body()
+				last = in.next(c)
 				serveReq(b, g, last, c.hdr...)
 			}
 			done()
@@ -423,6 +450,30 @@ func BenchmarkGatewayCacheMiss(b *testing.B) {
 			if got := serveReq(b, g, last).Header().Get("X-Cache"); got != c.again {
 				b.Fatalf("the last input again: X-Cache %q, want %q", got, c.again)
 			}
+			runtime.KeepAlive(full)
+		})
+	}
+}
+
+// BenchmarkGatewayCacheMissParallel is the same comparison with both cores
+// kept busy (4 requests in flight per core): ns/op is the inverse of the
+// throughput, as under wrk, and no core waits idle for loopback.
+func BenchmarkGatewayCacheMissParallel(b *testing.B) {
+	up := benchUpstream(b)
+	var in missInputs
+	for _, c := range missCases {
+		b.Run(c.name, func(b *testing.B) {
+			g, full := missSetup(b, up.URL, c, &in)
+			b.ReportAllocs()
+			b.SetParallelism(4)
+			b.ResetTimer() // RunParallel runs this function more than once: setup is not measured
+			done := cpuPerOp(b)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					serveReq(b, g, in.next(c), c.hdr...)
+				}
+			})
+			done()
 			runtime.KeepAlive(full)
 		})
 	}

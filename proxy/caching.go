@@ -98,6 +98,7 @@ type cacheState struct {
 	result  string // X-Cache; "" when the workflow's cache is off
 	key     cache.Key
 	version cache.Version // the store's invalidation state at the lookup
+	vary    [8]string     // the key's vary values
 	settled bool          // the recording was stored or dropped, the flight landed
 	hdr     []string      // the upstream's replayed headers, name, value pairs
 	ttl     time.Duration
@@ -201,8 +202,7 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 	if st.info.Kind == flow.Langflow {
 		req.Stream = langflowStream(r)
 	}
-	var vary [8]string
-	req.Vary = vary[:0]
+	req.Vary = cs.vary[:0] // in the pooled state: a local array would escape
 	for _, h := range g.cachePol.vary {
 		req.Vary = append(req.Vary, strings.Join(r.Header[h], "\x00"))
 	}
@@ -251,7 +251,7 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 	}
 	if e := fl.entry; e != nil {
 		cs.result = cacheHit
-		g.metrics.CacheResult(strings.ToLower(cacheCoalesced))
+		g.metrics.CacheResult(metricResult(cacheCoalesced))
 		g.serveEntry(w, st, e)
 		return true
 	}
@@ -280,7 +280,23 @@ func langflowStream(r *http.Request) bool {
 
 func (g *Gateway) cacheDecided(st *reqState, result string) {
 	st.cache.result = result
-	g.metrics.CacheResult(strings.ToLower(result))
+	g.metrics.CacheResult(metricResult(result))
+}
+
+// metricResult is the metric label of an X-Cache value, without the
+// allocation strings.ToLower makes per call.
+func metricResult(r string) string {
+	switch r {
+	case cacheHit:
+		return "hit"
+	case cacheMiss:
+		return "miss"
+	case cacheBypass:
+		return "bypass"
+	case cacheRefresh:
+		return "refresh"
+	}
+	return "coalesced"
 }
 
 // requestCacheControl reads the request's no-store and no-cache directives.
@@ -307,7 +323,7 @@ func (g *Gateway) serveEntry(w http.ResponseWriter, st *reqState, e *cache.Entry
 	h := st.rw.Header()
 	g.securityHeaders(h, h)
 	h["X-Request-Id"] = []string{st.id}
-	h["X-Cache"] = []string{cacheHit}
+	h["X-Cache"] = hvCacheHit
 	// Replicas' clocks differ: an entry from a faster one is not from
 	// the future.
 	h["Age"] = []string{strconv.FormatInt(max(0, int64(time.Since(e.Created())/time.Second)), 10)}
@@ -349,6 +365,9 @@ func (g *Gateway) serveEntry(w http.ResponseWriter, st *reqState, e *cache.Entry
 	}
 	st.ub.eof = true // complete: not a cut in the log
 }
+
+// hvCacheHit is shared by every hit (len == cap: an Add copies).
+var hvCacheHit = []string{cacheHit}
 
 // maxHitCopy: hits up to this size are built in a pooled buffer and sent in
 // one write; larger ones are written piece by piece from the entry.
