@@ -384,12 +384,7 @@ func (e *Entry) AppendBody(dst []byte) []byte {
 		return append(dst, e.body...)
 	}
 	var buf [8][uuidLen]byte
-	fresh := buf[:]
-	if e.nids > len(buf) {
-		fresh = make([][uuidLen]byte, e.nids)
-	}
-	fresh = fresh[:e.nids]
-	newUUIDs(fresh)
+	fresh := e.freshIDs(&buf)
 	dst = slices.Grow(dst, e.outLen)
 	prev := uint32(0)
 	for _, s := range e.slots {
@@ -400,6 +395,18 @@ func (e *Entry) AppendBody(dst []byte) []byte {
 	return append(dst, e.body[prev:]...)
 }
 
+// freshIDs makes one fresh id per distinct stored one, in buf when it is
+// large enough.
+func (e *Entry) freshIDs(buf *[8][uuidLen]byte) [][uuidLen]byte {
+	fresh := buf[:]
+	if e.nids > len(buf) {
+		fresh = make([][uuidLen]byte, e.nids)
+	}
+	fresh = fresh[:e.nids]
+	newUUIDs(fresh)
+	return fresh
+}
+
 // Len is the length of a replay.
 func (e *Entry) Len() int { return e.outLen }
 
@@ -408,12 +415,7 @@ func (e *Entry) Len() int { return e.outLen }
 // clients reading large hits hold no memory of their own.
 func (e *Entry) WriteTo(w io.Writer) (int64, error) {
 	var buf [8][uuidLen]byte
-	fresh := buf[:]
-	if e.nids > len(buf) {
-		fresh = make([][uuidLen]byte, e.nids)
-	}
-	fresh = fresh[:e.nids]
-	newUUIDs(fresh)
+	fresh := e.freshIDs(&buf)
 	var n int64
 	write := func(p []byte) error {
 		m, err := w.Write(p)

@@ -100,17 +100,20 @@ func serveOnce(b *testing.B, h http.Handler, body string) {
 	}
 }
 
+// benchCases are the requests the gateway benchmarks serve.
+var benchCases = []struct {
+	name      string
+	body      string
+	accessLog bool
+}{
+	{"json/access-log", benchJSON, true},
+	{"json/no-access-log", benchJSON, false},
+	{"sse-6-tokens/access-log", benchStream, true},
+}
+
 func BenchmarkGatewayServeHTTP(b *testing.B) {
 	up := benchUpstream(b)
-	for _, c := range []struct {
-		name      string
-		body      string
-		accessLog bool
-	}{
-		{"json/access-log", benchJSON, true},
-		{"json/no-access-log", benchJSON, false},
-		{"sse-6-tokens/access-log", benchStream, true},
-	} {
+	for _, c := range benchCases {
 		b.Run(c.name, func(b *testing.B) {
 			g := benchGateway(b, up.URL, c.accessLog)
 			serveOnce(b, g, c.body) // dial the upstream connection
@@ -294,15 +297,7 @@ func expectXCache(b *testing.B, h http.Handler, body, want string) {
 
 func BenchmarkGatewayCacheHit(b *testing.B) {
 	up := benchUpstream(b)
-	for _, c := range []struct {
-		name      string
-		body      string
-		accessLog bool
-	}{
-		{"json/access-log", benchJSON, true},
-		{"json/no-access-log", benchJSON, false},
-		{"sse-6-tokens/access-log", benchStream, true},
-	} {
+	for _, c := range benchCases {
 		b.Run(c.name, func(b *testing.B) {
 			g := benchGatewayWith(b, up.URL, c.accessLog, cacheFor(flowID))
 			expectXCache(b, g, c.body, "MISS") // stores the entry
