@@ -449,10 +449,6 @@ func bodyReadError(r *http.Request, err error) *bodyError {
 	case r.Context().Err() != nil:
 		return &bodyError{StatusClientClosed, "client_closed", "client closed the request"}
 	}
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		return errBodyTooLarge
-	}
 	var pe *os.PathError
 	if errors.As(err, &pe) {
 		// The temp file could not be written: our fault, not the client's.

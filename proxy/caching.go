@@ -185,8 +185,8 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 		return false
 	}
 	cs := &st.cache
-	noStore, noCache := requestCacheControl(r.Header)
-	if noStore {
+	cc := cacheControl(r.Header)
+	if cc.noStore {
 		g.cacheDecided(st, cacheBypass)
 		return false
 	}
@@ -225,7 +225,7 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 	// Taken before going upstream: an invalidation while the answer is
 	// fetched means it must not be stored.
 	cs.version = g.cacheStore.Version()
-	if noCache {
+	if cc.noCache {
 		// The client asks for a fresh answer: fetch it and replace the
 		// entry, without joining a flight that may be serving the old.
 		g.cacheDecided(st, cacheRefresh)
@@ -297,25 +297,6 @@ func metricResult(r string) string {
 		return "refresh"
 	}
 	return "coalesced"
-}
-
-// requestCacheControl reads the request's no-store and no-cache directives.
-func requestCacheControl(h http.Header) (noStore, noCache bool) {
-	for _, v := range h["Cache-Control"] {
-		for d := range strings.SplitSeq(v, ",") {
-			d = strings.TrimSpace(d)
-			switch {
-			case strings.EqualFold(d, "no-store"):
-				noStore = true
-			case strings.EqualFold(d, "no-cache"):
-				noCache = true
-			}
-		}
-	}
-	if p := h.Get("Pragma"); !noCache && strings.EqualFold(strings.TrimSpace(p), "no-cache") {
-		noCache = true
-	}
-	return noStore, noCache
 }
 
 // serveEntry answers from a stored entry, with fresh per-request ids.

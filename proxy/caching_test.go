@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -131,9 +132,13 @@ func TestCacheHitsHaveFreshIDs(t *testing.T) {
 	ff := startFlow(t, fakeflow.Options{Agentflow: true})
 	g := cachedGW(t, ff.URL(), nil)
 	_, _, a := ask(t, g, `{"question":"ids"}`, nil)
-	xc, _, b := ask(t, g, `{"question":"ids"}`, nil)
-	if xc != "HIT" {
+	resp := predict(t, http.DefaultClient, g.URL, `{"question":"ids"}`, nil)
+	b := readAll(t, resp)
+	if xc := resp.Header.Get("X-Cache"); xc != "HIT" {
 		t.Fatalf("X-Cache %q", xc)
+	}
+	if age, err := strconv.Atoi(resp.Header.Get("Age")); err != nil || age < 0 {
+		t.Fatalf("Age %q on a hit", resp.Header.Get("Age"))
 	}
 	var ma, mb map[string]any
 	json.Unmarshal([]byte(a), &ma)
@@ -276,6 +281,33 @@ func TestCacheCoalescesConcurrentMisses(t *testing.T) {
 	if p := ff.Server().Stats().Predictions; p != 1 {
 		t.Fatalf("%d identical concurrent requests reached fakeflow %d times, want once", n, p)
 	}
+	// They waited for the one upstream, not for a stored entry after it.
+	if c := cacheResults(t, g)["coalesced"]; c < 1 {
+		t.Fatalf("no request was answered by the flight in progress: %v", cacheResults(t, g))
+	}
+}
+
+// cacheResults reads flowgate_cache_requests_total by result.
+func cacheResults(t *testing.T, g *gw) map[string]float64 {
+	t.Helper()
+	mfs, err := g.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "flowgate_cache_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" {
+					out[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return out
 }
 
 // Workflows whose cache is off get no X-Cache and are never stored.

@@ -574,23 +574,15 @@ func TestClientCausedFailuresNeedAFailingProbe(t *testing.T) {
 // timeout on both sides, and its upstream released, even while the
 // upstream floods it.
 func TestStalledUpgradedClientIsCut(t *testing.T) {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		fmt.Fprint(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-		brw.Flush()
+	up := wsUpstream(t, func(conn net.Conn, _ *bufio.ReadWriter) {
 		buf := make([]byte, 64<<10)
 		for range 4096 { // 256 MiB at most
 			if _, err := conn.Write(buf); err != nil {
 				return
 			}
 		}
-	}))
-	defer up.Close()
-	g := newGW(t, []string{up.URL}, func(c *config.Config) {
+	})
+	g := newGW(t, []string{up}, func(c *config.Config) {
 		c.Health.Active.Enabled = ptr(false)
 		c.Proxy.IdleTimeout = config.Duration(300 * time.Millisecond)
 	})

@@ -132,24 +132,43 @@ func (g *Gateway) isStatic(p string) bool {
 	return ok
 }
 
-// forbidsSharedCaching reports whether the upstream's Cache-Control keeps a
-// response out of shared caches (private, no-store): the asset
-// Cache-Control must not override that. Weaker directives (no-cache,
-// max-age=0, as Express's static files send) are replaced, as nginx's
-// seed config did.
-func forbidsSharedCaching(h http.Header) bool {
+// cacheDirectives are the Cache-Control directives flowgate acts on.
+type cacheDirectives struct{ noStore, noCache, private bool }
+
+// cacheControl reads a message's Cache-Control directives by name (an
+// argument, as in private="Set-Cookie", does not hide one), and Pragma's
+// no-cache from HTTP/1.0 clients.
+func cacheControl(h http.Header) (c cacheDirectives) {
 	for _, v := range h["Cache-Control"] {
 		for d := range strings.SplitSeq(v, ",") {
 			d = strings.TrimSpace(d)
 			if i := strings.IndexAny(d, "= "); i >= 0 {
 				d = d[:i]
 			}
-			if strings.EqualFold(d, "private") || strings.EqualFold(d, "no-store") {
-				return true
+			switch {
+			case strings.EqualFold(d, "no-store"):
+				c.noStore = true
+			case strings.EqualFold(d, "no-cache"):
+				c.noCache = true
+			case strings.EqualFold(d, "private"):
+				c.private = true
 			}
 		}
 	}
-	return false
+	if p := h.Get("Pragma"); strings.EqualFold(strings.TrimSpace(p), "no-cache") {
+		c.noCache = true
+	}
+	return c
+}
+
+// forbidsSharedCaching reports whether the upstream's Cache-Control keeps a
+// response out of shared caches (private, no-store): neither the asset
+// Cache-Control nor the response cache may override that. Weaker
+// directives (no-cache, max-age=0, as Express's static files send) are
+// replaced, as nginx's seed config did.
+func forbidsSharedCaching(h http.Header) bool {
+	c := cacheControl(h)
+	return c.private || c.noStore
 }
 
 const hexDigits = "0123456789abcdef"

@@ -129,9 +129,9 @@ func TestStreamIdleTimeout(t *testing.T) {
 	}
 }
 
-// wsEchoUpstream answers the health path and upgrades every other request
-// to a line-echoing WebSocket stand-in.
-func wsEchoUpstream(t *testing.T) string {
+// wsUpstream answers the health path and upgrades every other request to
+// a WebSocket stand-in that serve runs on the raw connection.
+func wsUpstream(t *testing.T, serve func(net.Conn, *bufio.ReadWriter)) string {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/api/v1/ping" {
 			io.WriteString(w, "pong")
@@ -148,6 +148,15 @@ func wsEchoUpstream(t *testing.T) string {
 		defer conn.Close()
 		fmt.Fprint(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
 		brw.Flush()
+		serve(conn, brw)
+	}))
+	t.Cleanup(up.Close)
+	return up.URL
+}
+
+// wsEchoUpstream echoes each line it receives.
+func wsEchoUpstream(t *testing.T) string {
+	return wsUpstream(t, func(_ net.Conn, brw *bufio.ReadWriter) {
 		for {
 			line, err := brw.ReadString('\n')
 			if err != nil {
@@ -156,9 +165,7 @@ func wsEchoUpstream(t *testing.T) string {
 			fmt.Fprint(brw, "echo: "+line)
 			brw.Flush()
 		}
-	}))
-	t.Cleanup(up.Close)
-	return up.URL
+	})
 }
 
 // WebSocket upgrades pass through both ways.
