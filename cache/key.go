@@ -273,7 +273,7 @@ func (s *scratch) canonical(r *Request, fields []string, langflow bool) (string,
 		}
 		s.out = append(s.out, 1)
 		m := s.mem[last] // a copy: emit grows s.mem
-		s.emit(int(m.val), int(m.end), int(m.ci), false)
+		s.emit(int(m.val), int(m.end), int(m.ci))
 	}
 	s.out = binary.BigEndian.AppendUint32(s.out, uint32(len(r.Vary)))
 	for _, v := range r.Vary {
@@ -722,15 +722,15 @@ const (
 )
 
 // emit appends the canonical form of the value b[pos:end] (container ci) to
-// s.out. dropSession leaves an object's "sessionId" member out.
-func (s *scratch) emit(pos, end, ci int, dropSession bool) {
+// s.out.
+func (s *scratch) emit(pos, end, ci int) {
 	b := s.body
 	if len(s.out) >= s.flushAt {
 		s.flush()
 	}
 	switch b[pos] {
 	case '{':
-		s.emitObject(pos, ci, dropSession)
+		s.emitObject(pos, ci)
 	case '[':
 		s.out = append(s.out, tagArray)
 		cur := ci + 1
@@ -746,7 +746,7 @@ func (s *scratch) emit(pos, end, ci int, dropSession bool) {
 				continue
 			}
 			vend, vci := s.valueEnd(b, i, &cur)
-			s.emit(i, vend, vci, false)
+			s.emit(i, vend, vci)
 			i = vend
 		}
 	case '"':
@@ -763,7 +763,7 @@ func (s *scratch) emit(pos, end, ci int, dropSession bool) {
 	}
 }
 
-func (s *scratch) emitObject(pos, ci int, dropSession bool) {
+func (s *scratch) emitObject(pos, ci int) {
 	base := len(s.mem)
 	s.members(pos, ci)
 	ms := s.mem[base:]
@@ -777,13 +777,10 @@ func (s *scratch) emitObject(pos, ci int, dropSession bool) {
 		if j+1 < len(ms) && bytes.Equal(k, s.key(&ms[j+1])) {
 			continue // a duplicate: the last one wins, as in JSON.parse
 		}
-		if dropSession && string(k) == "sessionId" {
-			continue
-		}
 		s.out = append(s.out, tagString)
 		s.out = binary.BigEndian.AppendUint32(s.out, uint32(len(k)))
 		s.out = append(s.out, k...)
-		s.emit(int(m.val), int(m.end), int(m.ci), false)
+		s.emit(int(m.val), int(m.end), int(m.ci))
 	}
 	s.out = append(s.out, tagEnd)
 	s.mem = s.mem[:base]
