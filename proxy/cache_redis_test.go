@@ -14,26 +14,27 @@ import (
 	"time"
 
 	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/flowgate/flowgate/internal/testbin"
 	"github.com/flowgate/flowgate/internal/testredis"
 	"github.com/redis/go-redis/v9"
 )
 
 // replicas starts two flowgate binaries sharing rs, caching every workflow,
 // and waits until both listen for invalidations.
-func replicas(t *testing.T, rs *testredis.Server, upstream string) (a, b flowgateProc) {
+func replicas(t *testing.T, rs *testredis.Server, upstream string) (a, b *testbin.Proc) {
 	t.Helper()
 	yaml := "log:\n  level: debug\n  access_log: false\nredis:\n  addr: " + rs.Addr() + "\ncache:\n  default: {enabled: true}\n"
 	a = startFlowgate(t, upstream, yaml)
 	b = startFlowgate(t, upstream, yaml)
-	a.waitLog(t, "cache: invalidation channel subscribed", 10*time.Second)
-	b.waitLog(t, "cache: invalidation channel subscribed", 10*time.Second)
+	a.WaitLog(t, "cache: invalidation channel subscribed", 10*time.Second)
+	b.WaitLog(t, "cache: invalidation channel subscribed", 10*time.Second)
 	return a, b
 }
 
 // askAt posts a prediction to one replica and returns X-Cache and status.
-func askAt(t *testing.T, p flowgateProc, body string) (string, int) {
+func askAt(t *testing.T, p *testbin.Proc, body string) (string, int) {
 	t.Helper()
-	resp, err := http.Post("http://"+p.addr+predictPath, "application/json", strings.NewReader(body))
+	resp, err := http.Post("http://"+p.Listen+predictPath, "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,9 +60,9 @@ func storedInRedis(t *testing.T, rdb *redis.Client, n int, within time.Duration)
 	}
 }
 
-func adminDelete(t *testing.T, p flowgateProc, path string) (int, string) {
+func adminDelete(t *testing.T, p *testbin.Proc, path string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodDelete, "http://"+p.admin+path, nil)
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+p.Admin+path, nil)
 	req.Header.Set("Authorization", "Bearer "+adminToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -91,12 +92,12 @@ func TestCacheSharedByReplicas(t *testing.T) {
 	}
 
 	// Invalidation through a's admin API: b forgets too.
-	b.drainLogs()
+	b.DrainLogs()
 	status, body := adminDelete(t, a, "/admin/v1/cache/"+flowID)
 	if status != http.StatusOK || !strings.Contains(body, `"removed":1`) {
 		t.Fatalf("admin DELETE: %d %s", status, body)
 	}
-	b.waitLog(t, "cache: invalidation received", 5*time.Second)
+	b.WaitLog(t, "cache: invalidation received", 5*time.Second)
 	if xc, _ := askAt(t, b, `{"question":"shared"}`); xc != "MISS" {
 		t.Fatalf("b after invalidation: %s", xc)
 	}
@@ -105,16 +106,16 @@ func TestCacheSharedByReplicas(t *testing.T) {
 	if xc, _ := askAt(t, a, `{"question":"shared"}`); xc != "HIT" {
 		t.Fatalf("a before invalidating all: %s", xc)
 	}
-	a.drainLogs()
+	a.DrainLogs()
 	if status, body := adminDelete(t, b, "/admin/v1/cache"); status != http.StatusOK || !strings.Contains(body, `"removed":1`) {
 		t.Fatalf("admin DELETE all: %d %s", status, body)
 	}
-	a.waitLog(t, "cache: invalidation received", 5*time.Second)
+	a.WaitLog(t, "cache: invalidation received", 5*time.Second)
 	if xc, _ := askAt(t, a, `{"question":"shared"}`); xc != "MISS" {
 		t.Fatalf("a after invalidating all: %s", xc)
 	}
 	// The admin API needs its token.
-	req, _ := http.NewRequest(http.MethodDelete, "http://"+a.admin+"/admin/v1/cache", nil)
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+a.Admin+"/admin/v1/cache", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +138,7 @@ func TestCacheSurvivesRedisOutage(t *testing.T) {
 	// Every request still succeeds: misses go upstream, hits come from
 	// memory.
 	for i := range 5 {
-		for _, p := range []flowgateProc{a, b} {
+		for _, p := range []*testbin.Proc{a, b} {
 			if _, status := askAt(t, p, fmt.Sprintf(`{"question":"down %d"}`, i)); status != http.StatusOK {
 				t.Fatalf("request during the outage: %d", status)
 			}

@@ -5,95 +5,28 @@ package proxy_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/flowgate/flowgate/internal/testbin"
 )
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// flowgateBinary builds cmd/flowgate once per test run.
-func flowgateBinary(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "flowgate-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "flowgate")
-		cmd := exec.Command("go", "build", "-o", binPath, "../cmd/flowgate")
-		cmd.Stderr = os.Stderr
-		binErr = cmd.Run()
-	})
-	if binErr != nil {
-		t.Fatalf("go build: %v", binErr)
-	}
-	return binPath
-}
 
 // runFlowgate starts the binary in front of upstream with extra config
 // lines and returns its proxy address and process id.
 func runFlowgate(t *testing.T, upstream string, yaml string) (addr string, pid int) {
 	t.Helper()
 	p := startFlowgate(t, upstream, "log:\n  access_log: false\n"+yaml)
-	return p.addr, p.pid
-}
-
-// flowgateProc is a running flowgate binary.
-type flowgateProc struct {
-	addr, admin string // proxy and admin listeners
-	pid         int
-	logs        chan map[string]any // its log lines after the start line
-}
-
-// drainLogs forgets p's log lines so far, so a wait sees only new ones.
-func (p flowgateProc) drainLogs() {
-	for {
-		select {
-		case <-p.logs:
-		default:
-			return
-		}
-	}
-}
-
-// waitLog waits for a log line with message msg from p.
-func (p flowgateProc) waitLog(t *testing.T, msg string, d time.Duration) map[string]any {
-	t.Helper()
-	deadline := time.After(d)
-	for {
-		select {
-		case l := <-p.logs:
-			if l["msg"] == msg {
-				return l
-			}
-		case <-deadline:
-			t.Fatalf("no %q log line within %v", msg, d)
-			return nil
-		}
-	}
+	return p.Listen, p.Cmd.Process.Pid
 }
 
 // adminToken is the admin API token of the binaries tests start.
@@ -101,63 +34,24 @@ const adminToken = "test-admin-token"
 
 // startFlowgate starts the binary in front of upstream with extra config
 // lines (top-level sections other than server and upstreams).
-func startFlowgate(t *testing.T, upstream string, yaml string) flowgateProc {
+func startFlowgate(t *testing.T, upstream string, yaml string) *testbin.Proc {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
 	cfg := filepath.Join(t.TempDir(), "flowgate.yaml")
 	body := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  admin_listen: 127.0.0.1:0\nupstreams:\n  - url: " + upstream + "\n" + yaml
 	if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(flowgateBinary(t), "-config", cfg)
-	cmd.Env = append(os.Environ(), "FLOWGATE_ADMIN_TOKEN="+adminToken)
+	env := []string{"FLOWGATE_ADMIN_TOKEN=" + adminToken}
 	// Spilled bodies go to tmpfs when there is one: gigabytes of temp
 	// files on disk would leave writeback running into the next tests,
 	// and the files are not the process's memory either way.
 	if shmFree() > 6<<30 {
-		cmd.Env = append(cmd.Env, "TMPDIR=/dev/shm")
+		env = append(env, "TMPDIR=/dev/shm")
 	}
-	out, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	p := flowgateProc{pid: cmd.Process.Pid, logs: make(chan map[string]any, 10000)}
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) != nil {
-			continue
-		}
-		if line["msg"] == "flowgate started" {
-			p.addr, _ = line["listen"].(string)
-			p.admin, _ = line["admin_listen"].(string)
-			break
-		}
-		select { // what happened while starting counts too
-		case p.logs <- line:
-		default:
-		}
-	}
-	if p.addr == "" {
-		t.Fatal("flowgate did not start")
-	}
-	go func() {
-		for sc.Scan() {
-			var line map[string]any
-			if json.Unmarshal(sc.Bytes(), &line) == nil {
-				select {
-				case p.logs <- line:
-				default: // a test that does not read them must not block the process
-				}
-			}
-		}
-		io.Copy(io.Discard, out)
-	}()
-	return p
+	return testbin.Start(t, testbin.Build(t), env, "-config", cfg)
 }
 
 // shmFree is the free space of /dev/shm, 0 when there is none (Docker's

@@ -40,8 +40,8 @@ func TestOpsListenersIdleAndHeaderLimits(t *testing.T) {
 	s := startBinary(t, buildBinary(t), "-config", cfgFile, "-upstream", ff.URL())
 
 	for _, l := range []struct{ name, addr, path string }{
-		{"metrics", s.metrics, "/healthz"},
-		{"admin", s.admin, "/admin/v1/upstreams"}, // 401 without a token: an answer all the same
+		{"metrics", s.Metrics, "/healthz"},
+		{"admin", s.Admin, "/admin/v1/upstreams"}, // 401 without a token: an answer all the same
 	} {
 		t.Run(l.name+"/idle", func(t *testing.T) {
 			resp, c, br := get(t, l.addr, l.path, 0)

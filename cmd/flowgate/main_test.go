@@ -3,12 +3,10 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,70 +14,33 @@ import (
 	"time"
 
 	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/flowgate/flowgate/internal/testbin"
 )
 
 const flowID = "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
 
 // buildBinary compiles flowgate once per test run.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "flowgate")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("go build: %v", err)
-	}
-	return bin
-}
-
-type started struct {
-	cmd     *exec.Cmd
-	listen  string // the proxy listener's bound address, from the start line
-	metrics string // the metrics listener's
-	admin   string // the admin listener's
-	exited  chan error
-}
+func buildBinary(t *testing.T) string { return testbin.Build(t) }
 
 // startBinary runs flowgate with every listener on a port of the kernel's
 // choosing and waits for its start line, which names the bound addresses.
-func startBinary(t *testing.T, bin string, args ...string) *started {
+func startBinary(t *testing.T, bin string, args ...string) *testbin.Proc {
 	t.Helper()
 	args = append([]string{"-listen", "127.0.0.1:0", "-metrics-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0"}, args...)
-	cmd := exec.Command(bin, args...)
-	out, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	s := testbin.Start(t, bin, nil, args...)
+	if s.Metrics == "" || s.Admin == "" {
+		t.Fatalf("the start line lacks an address: %+v", s)
 	}
-	s := &started{cmd: cmd, exited: make(chan error, 1)}
-	t.Cleanup(func() { cmd.Process.Kill() })
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "flowgate started" {
-			s.listen, _ = line["listen"].(string)
-			s.metrics, _ = line["metrics_listen"].(string)
-			s.admin, _ = line["admin_listen"].(string)
-			break
-		}
-	}
-	if s.listen == "" || s.metrics == "" || s.admin == "" {
-		t.Fatalf("flowgate did not start (or its start line lacks an address): %+v", s)
-	}
-	go func() {
-		io.Copy(io.Discard, out)
-		s.exited <- cmd.Wait()
-	}()
 	return s
 }
 
 // waitReadyz waits until /readyz answers want: 200 once the first probe
 // passed, 503 once a drain began.
-func waitReadyz(t *testing.T, s *started, want int) {
+func waitReadyz(t *testing.T, s *testbin.Proc, want int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		r, err := http.Get("http://" + s.metrics + "/readyz")
+		r, err := http.Get("http://" + s.Metrics + "/readyz")
 		if err == nil {
 			r.Body.Close()
 			if r.StatusCode == want {
@@ -95,7 +56,7 @@ func waitReadyz(t *testing.T, s *started, want int) {
 // streamThroughBinary starts flowgate in front of a fakeflow streaming
 // tokens at tokenDelay, opens one stream and returns it once its first
 // line has arrived.
-func streamThroughBinary(t *testing.T, tokens int, tokenDelay time.Duration) (*started, *bufio.Reader) {
+func streamThroughBinary(t *testing.T, tokens int, tokenDelay time.Duration) (*testbin.Proc, *bufio.Reader) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary")
@@ -107,7 +68,7 @@ func streamThroughBinary(t *testing.T, tokens int, tokenDelay time.Duration) (*s
 	t.Cleanup(func() { ff.Close() })
 	s := startBinary(t, buildBinary(t), "-upstream", ff.URL())
 	waitReadyz(t, s, http.StatusOK)
-	resp, err := http.Post("http://"+s.listen+"/api/v1/prediction/"+flowID, "application/json",
+	resp, err := http.Post("http://"+s.Listen+"/api/v1/prediction/"+flowID, "application/json",
 		strings.NewReader(`{"question":"hi","streaming":true}`))
 	if err != nil {
 		t.Fatal(err)
@@ -122,9 +83,9 @@ func streamThroughBinary(t *testing.T, tokens int, tokenDelay time.Duration) (*s
 
 // sigtermAndWaitDraining sends SIGTERM and waits until /readyz reports
 // the drain, which shows the signal was handled.
-func sigtermAndWaitDraining(t *testing.T, s *started) {
+func sigtermAndWaitDraining(t *testing.T, s *testbin.Proc) {
 	t.Helper()
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := s.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	waitReadyz(t, s, http.StatusServiceUnavailable)
@@ -143,11 +104,11 @@ func TestSIGTERMDrainsStreams(t *testing.T) {
 	if !bytes.Contains(rest, []byte(`"data":"[DONE]"`)) {
 		t.Fatalf("stream ended without its end event: %q", rest[max(0, len(rest)-200):])
 	}
-	if _, err := net.DialTimeout("tcp", s.listen, time.Second); err == nil {
+	if _, err := net.DialTimeout("tcp", s.Listen, time.Second); err == nil {
 		t.Fatal("listener still accepting while draining")
 	}
 	select {
-	case err := <-s.exited:
+	case err := <-s.Exited:
 		if err != nil {
 			t.Fatalf("exit: %v", err)
 		}
@@ -211,9 +172,9 @@ func TestVersionSubcommand(t *testing.T) {
 func TestSecondSignalEndsTheDrain(t *testing.T) {
 	s, _ := streamThroughBinary(t, 600, 100*time.Millisecond)
 	sigtermAndWaitDraining(t, s)
-	s.cmd.Process.Signal(syscall.SIGTERM)
+	s.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-s.exited:
+	case err := <-s.Exited:
 		if err != nil {
 			t.Fatalf("exit: %v", err)
 		}
