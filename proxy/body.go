@@ -482,10 +482,16 @@ var streamingKey = []byte(`"streaming"`)
 // or "true", as Flowise accepts both. Most bodies never mention the key, so
 // they are not parsed at all.
 func (b *requestBody) asksToStream() bool {
-	return (b.mentions(streamingKey) || b.mentions(escapeMark)) && asksToStream(b.inMemory())
+	return (b.mentions(streamingKey) || b.n <= maxEscapedScan && b.mentions(escapeMark)) && asksToStream(b.inMemory())
 }
 
 var escapeMark = []byte(`\u`)
+
+// maxEscapedScan bounds the bodies parsed only because they hold an escape
+// (an escaped "streaming" key is contrived; many clients escape non-ASCII
+// text): a large body is parsed only when it names the key outright. A
+// stream stored under the JSON variant is refused anyway (caching.go).
+const maxEscapedScan = 64 << 10
 
 // asksToStream reads "streaming" as Flowise's JSON.parse does: the key
 // matched exactly after unescaping (encoding/json's struct decoding would
@@ -494,7 +500,7 @@ var escapeMark = []byte(`\u`)
 // read, and a disagreement would let one caller store a stream where
 // others expect JSON.
 func asksToStream(body []byte) bool {
-	if !bytes.Contains(body, streamingKey) && !bytes.Contains(body, escapeMark) {
+	if !bytes.Contains(body, streamingKey) && (len(body) > maxEscapedScan || !bytes.Contains(body, escapeMark)) {
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))

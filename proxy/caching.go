@@ -378,6 +378,7 @@ func (g *Gateway) cacheResponse(res *http.Response, out http.Header, st *reqStat
 		return
 	}
 	h := res.Header
+	st.upstreamCT = h.Get("Content-Type")
 	// Stored answers are: 2xx, storable by the upstream's word,
 	// uncompressed (the recorder reads plain bytes), and streams only in
 	// Flowise's framing, which is what a hit replays.

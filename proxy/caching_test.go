@@ -140,6 +140,9 @@ func TestCacheHitsHaveFreshIDs(t *testing.T) {
 	if age, err := strconv.Atoi(resp.Header.Get("Age")); err != nil || age < 0 {
 		t.Fatalf("Age %q on a hit", resp.Header.Get("Age"))
 	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json; charset=utf-8" {
+		t.Fatalf("a hit's Content-Type %q, not the upstream's", ct)
+	}
 	var ma, mb map[string]any
 	json.Unmarshal([]byte(a), &ma)
 	json.Unmarshal([]byte(b), &mb)

@@ -525,7 +525,6 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 		out["Cache-Control"] = g.staticCC
 	}
 	st.sse = isEventStream(h)
-	st.upstreamCT = h.Get("Content-Type")
 	g.cacheResponse(res, out, st)
 	if st.sse {
 		// Chunked, whatever the upstream declared: a cut stream must be
