@@ -13,6 +13,7 @@ import (
 
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
+	"go.uber.org/zap/zapcore"
 )
 
 // An upstream killed in the middle of a stream: the client receives an
@@ -71,6 +72,18 @@ func TestStreamWithoutEndEventIsMarkedIncomplete(t *testing.T) {
 	}
 	if len(frames) != 3 || !strings.Contains(frames[2], `"event":"error"`) {
 		t.Fatalf("frames %q", frames)
+	}
+	// ReverseProxy reports the failed copy through its error log, which
+	// must reach a logger raised to warn.
+	g.nextAccessLine(t)
+	entries := g.logs.FilterLoggerName("reverseproxy").All()
+	if len(entries) == 0 {
+		t.Fatal("ReverseProxy's error log line is missing")
+	}
+	for _, e := range entries {
+		if e.Level != zapcore.WarnLevel {
+			t.Fatalf("ReverseProxy logged %q at %v, want warn", e.Message, e.Level)
+		}
 	}
 }
 
