@@ -16,6 +16,8 @@ type Config struct {
 	Admin     Admin      `yaml:"admin"`
 	Redis     Redis      `yaml:"redis"`
 	Cache     Cache      `yaml:"cache"`
+	Quota     Quota      `yaml:"quota"`
+	Metering  Metering   `yaml:"metering"`
 
 	// src maps key paths to file lines so Validate can name them; nil for
 	// a config built in code. Not part of the YAML schema.

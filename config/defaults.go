@@ -103,6 +103,8 @@ func Default() Config {
 			VaryHeaders:   []string{"Authorization", "X-Api-Key", "Cookie"},
 			Default:       CachePolicy{Enabled: ptr(false), TTL: Duration(time.Hour), Stateless: ptr(false)},
 		},
+		Quota:    Quota{OnRedisError: "open"},
+		Metering: Metering{DefaultModel: "gpt-4o-mini"},
 	}
 }
 

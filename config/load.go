@@ -108,6 +108,9 @@ func parse(data []byte, name, dir string, opts LoadOptions) (Config, error) {
 	c.src = d.src
 	c.applyOverrides(opts.Overrides)
 	d.secrets(&c, getenv, dir)
+	if sd := getenv(EnvStoreDir); sd != "" {
+		c.Metering.StoreDir = sd
+	}
 	errs := d.errs
 	for _, e := range c.validate() {
 		if !d.failedAt(e.Key) || strings.HasPrefix(e.File, "flag ") {

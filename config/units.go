@@ -50,14 +50,39 @@ func ParseDuration(s string) (Duration, error) {
 		}
 		return 0, fmt.Errorf(`duration %s has no unit; write it like "%ss" (units: ns, us, ms, s, m, h)`, s, strings.TrimPrefix(s, "+"))
 	}
-	d, err := time.ParseDuration(s)
+	d, err := parseDays(s)
 	if err != nil {
-		return 0, fmt.Errorf(`invalid duration %q; write it like "30s", "5m" or "1h30m" (units: ns, us, ms, s, m, h)`, s)
+		return 0, fmt.Errorf(`invalid duration %q; write it like "30s", "5m", "1h30m" or "30d" (units: ns, us, ms, s, m, h, d)`, s)
 	}
 	if d < 0 {
 		return 0, fmt.Errorf("duration %s must not be negative", s)
 	}
 	return Duration(d), nil
+}
+
+// parseDays is time.ParseDuration plus a leading whole number of days
+// ("30d", "1d12h"), as budget windows are written.
+func parseDays(s string) (time.Duration, error) {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 || i >= len(s) || s[i] != 'd' {
+		return time.ParseDuration(s)
+	}
+	days, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil || days > int64(math.MaxInt64/(24*time.Hour)) {
+		return 0, errors.New("too many days")
+	}
+	d := time.Duration(days) * 24 * time.Hour
+	if rest := s[i+1:]; rest != "" {
+		r, err := time.ParseDuration(rest)
+		if err != nil || r < 0 || d+r < d {
+			return 0, errors.New("bad duration")
+		}
+		d += r
+	}
+	return d, nil
 }
 
 // String formats like time.Duration ("5m0s"), which ParseDuration accepts.

@@ -38,6 +38,8 @@ func (c *Config) validate() ErrorList {
 	v.log()
 	v.redis()
 	v.cache()
+	v.quota()
+	v.metering()
 	return v.errs
 }
 
@@ -346,4 +348,42 @@ func (v *validator) redis() {
 		}
 	}
 	v.atLeast("redis.db", r.DB, 0)
+}
+
+func (v *validator) quota() {
+	q := &v.c.Quota
+	switch q.OnRedisError {
+	case "open", "closed":
+	default:
+		v.add("quota.on_redis_error", `must be "open" or "closed", not %q`, q.OnRedisError)
+	}
+	v.quotaPolicy("quota.default", q.Default)
+	for id, p := range q.Workflows {
+		if id == "" {
+			v.add("quota.workflows", "a workflow id must not be empty")
+			continue
+		}
+		v.quotaPolicy("quota.workflows."+id, p)
+	}
+}
+
+func (v *validator) quotaPolicy(prefix string, p QuotaPolicy) {
+	for _, e := range p.Check() {
+		v.add(prefix+"."+e.Key, "%s", e.Msg)
+	}
+}
+
+func (v *validator) metering() {
+	m := &v.c.Metering
+	if strings.TrimSpace(m.DefaultModel) == "" {
+		v.add("metering.default_model", `must name a model, e.g. "gpt-4o-mini"`)
+	}
+	for id, model := range m.Models {
+		if id == "" {
+			v.add("metering.models", "a workflow id must not be empty")
+		}
+		if strings.TrimSpace(model) == "" {
+			v.add("metering.models."+id, "must name a model")
+		}
+	}
 }
