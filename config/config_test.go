@@ -342,7 +342,7 @@ func TestTypeErrors(t *testing.T) {
 		{"negative duration", "health:\n  active:\n    interval: -5s\n",
 			"flowgate.yaml:3: health.active.interval: duration -5s must not be negative"},
 		{"garbage duration", "server:\n  idle_timeout: 2 days\n",
-			`flowgate.yaml:2: server.idle_timeout: invalid duration "2 days"; write it like "30s", "5m" or "1h30m" (units: ns, us, ms, s, m, h)`},
+			`flowgate.yaml:2: server.idle_timeout: invalid duration "2 days"; write it like "30s", "5m", "1h30m" or "30d" (units: ns, us, ms, s, m, h, d)`},
 		{"duration as list", "server:\n  idle_timeout: [1s]\n",
 			`flowgate.yaml:2: server.idle_timeout: must be a duration like "30s", not a list`},
 		{"bad size unit", "proxy:\n  max_body_bytes: 10XB\n",
@@ -670,6 +670,7 @@ func TestParseDuration(t *testing.T) {
 	good := map[string]time.Duration{
 		"30s": 30 * time.Second, "5m": 5 * time.Minute, "1h30m": 90 * time.Minute,
 		"250ms": 250 * time.Millisecond, "0s": 0, " 2s ": 2 * time.Second,
+		"1d": 24 * time.Hour, "30d": 30 * 24 * time.Hour, "1d12h": 36 * time.Hour,
 	}
 	for in, want := range good {
 		got, err := ParseDuration(in)
@@ -678,15 +679,18 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 	bad := map[string]string{
-		"":     "empty duration",
-		"30":   "has no unit",
-		"1.5":  "has no unit",
-		"0":    "has no unit",
-		"-5":   "must not be negative",
-		"-1m":  "must not be negative",
-		"5 s":  "invalid duration",
-		"1d":   "invalid duration",
-		"fast": "invalid duration",
+		"":             "empty duration",
+		"30":           "has no unit",
+		"1.5":          "has no unit",
+		"0":            "has no unit",
+		"-5":           "must not be negative",
+		"-1m":          "must not be negative",
+		"5 s":          "invalid duration",
+		"1.5d":         "invalid duration",
+		"1dx":          "invalid duration",
+		"d":            "invalid duration",
+		"99999999999d": "invalid duration",
+		"fast":         "invalid duration",
 	}
 	for in, want := range bad {
 		if _, err := ParseDuration(in); err == nil || !strings.Contains(err.Error(), want) {
@@ -756,6 +760,9 @@ func TestMarshalRoundTrip(t *testing.T) {
 	}
 	if len(got.Cache.Workflows) == 0 {
 		got.Cache.Workflows = nil
+	}
+	if len(got.Quota.Workflows) == 0 && len(got.Quota.Default.Budgets) == 0 && len(got.Metering.Models) == 0 {
+		got.Quota.Workflows, got.Quota.Default.Budgets, got.Metering.Models = nil, nil, nil
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("round trip through\n%s\ngot  %+v\nwant %+v", out, got, want)
@@ -874,5 +881,46 @@ func TestCacheValidation(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
+	}
+}
+
+// Quota policies are checked key by key, with the line of the key.
+func TestQuotaValidation(t *testing.T) {
+	src := `quota:
+  on_redis_error: maybe
+  workflows:
+    "wf-1":
+      rate: {limit: 0, per: 1s}
+      budgets:
+        - {window: 24h}
+        - {window: 1.5s, executions: 3}
+        - {window: 30d, tokens: -1}
+      per_caller: "header:bad name"
+metering:
+  default_model: ""
+`
+	_, err := ParseWith([]byte(src), "flowgate.yaml", LoadOptions{Getenv: noEnv})
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		`flowgate.yaml:2: quota.on_redis_error: must be "open" or "closed", not "maybe"`,
+		`flowgate.yaml:5: quota.workflows.wf-1.rate.limit: must be 1 or more, not 0`,
+		`flowgate.yaml:7: quota.workflows.wf-1.budgets[0]: limits nothing`,
+		`flowgate.yaml:8: quota.workflows.wf-1.budgets[1].window: must be a whole number of seconds`,
+		`flowgate.yaml:9: quota.workflows.wf-1.budgets[2].tokens: must not be negative`,
+		`flowgate.yaml:10: quota.workflows.wf-1.per_caller: "bad name" is not a header name`,
+		`flowgate.yaml:12: metering.default_model: must name a model`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("errors lack %q:\n%v", want, err)
+		}
+	}
+	c, err := ParseWith([]byte("quota:\n  workflows:\n    w: {budgets: [{window: 30d, cost_usd: 12.5}]}\n"), "f", LoadOptions{Getenv: noEnv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Quota.Workflows["w"].Budgets[0]; got.CostUSD != 12_500_000_000 || got.Window.D() != 30*24*time.Hour {
+		t.Errorf("budget = %+v", got)
 	}
 }

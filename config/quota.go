@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -98,8 +99,9 @@ const EnvStoreDir = "FLOWGATE_METERING_STORE_DIR"
 // FieldError is one problem in a value, named by its key path relative to
 // where the value was given.
 type FieldError struct {
-	Key string
-	Msg string
+	Key   string
+	Msg   string
+	Cause error // the decoding error behind it, if any
 }
 
 func (e FieldError) Error() string { return e.Key + ": " + e.Msg }
@@ -109,7 +111,7 @@ func (e FieldError) Error() string { return e.Key + ": " + e.Msg }
 func (p QuotaPolicy) Check() []FieldError {
 	var errs []FieldError
 	add := func(key, format string, args ...any) {
-		errs = append(errs, FieldError{key, fmt.Sprintf(format, args...)})
+		errs = append(errs, FieldError{Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
 	if r := p.Rate; r != nil {
 		if r.Limit < 1 {
@@ -166,17 +168,71 @@ func checkPerCaller(s string) string {
 }
 
 // ParseQuotaPolicy reads a policy from JSON, as the admin API's PUT takes
-// it: unknown fields, wrong types, trailing data and invalid values are
-// errors naming the field.
+// it: malformed JSON, unknown fields, wrong types, trailing data and
+// invalid values are errors naming the field by its path
+// ("budgets[0].window").
 func ParseQuotaPolicy(r io.Reader) (QuotaPolicy, []FieldError) {
-	var p QuotaPolicy
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return QuotaPolicy{}, []FieldError{{Msg: "the body could not be read: " + err.Error(), Cause: err}}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		return QuotaPolicy{}, []FieldError{jsonFieldError(err)}
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return QuotaPolicy{}, []FieldError{{"", "trailing data after the JSON object"}}
+		return QuotaPolicy{}, []FieldError{{Msg: "trailing data after the JSON object"}}
+	}
+	var p QuotaPolicy
+	w := &jsonWalker{}
+	w.object(raw, "", map[string]func(json.RawMessage, string){
+		"rate": func(v json.RawMessage, k string) {
+			if string(v) == "null" {
+				return
+			}
+			p.Rate = &RateLimit{}
+			w.object(v, k, map[string]func(json.RawMessage, string){
+				"limit": func(v json.RawMessage, k string) { w.int(v, k, &p.Rate.Limit) },
+				"burst": func(v json.RawMessage, k string) { w.int(v, k, &p.Rate.Burst) },
+				"per":   func(v json.RawMessage, k string) { w.duration(v, k, &p.Rate.Per) },
+			})
+		},
+		"budgets": func(v json.RawMessage, k string) {
+			var items []json.RawMessage
+			if string(v) == "null" {
+				return
+			}
+			if json.Unmarshal(v, &items) != nil {
+				w.fail(k, "must be a JSON array of budgets")
+				return
+			}
+			p.Budgets = make([]Budget, len(items))
+			for i, item := range items {
+				b := &p.Budgets[i]
+				w.object(item, k+"["+strconv.Itoa(i)+"]", map[string]func(json.RawMessage, string){
+					"window":     func(v json.RawMessage, k string) { w.duration(v, k, &b.Window) },
+					"executions": func(v json.RawMessage, k string) { w.int(v, k, &b.Executions) },
+					"tokens":     func(v json.RawMessage, k string) { w.int(v, k, &b.Tokens) },
+					"cost_usd": func(v json.RawMessage, k string) {
+						if err := b.CostUSD.UnmarshalJSON(v); err != nil {
+							var fe *fieldValueError
+							if errors.As(err, &fe) {
+								w.fail(k, fe.msg)
+							}
+						}
+					},
+				})
+			}
+		},
+		"per_caller": func(v json.RawMessage, k string) {
+			if json.Unmarshal(v, &p.PerCaller) != nil {
+				w.fail(k, "must be a JSON string")
+			}
+		},
+	})
+	if len(w.errs) > 0 {
+		return QuotaPolicy{}, w.errs
 	}
 	if errs := p.Check(); len(errs) > 0 {
 		return QuotaPolicy{}, errs
@@ -184,49 +240,76 @@ func ParseQuotaPolicy(r io.Reader) (QuotaPolicy, []FieldError) {
 	return p, nil
 }
 
-// jsonFieldError names the field a decoding error is about.
+// jsonWalker decodes a JSON document field by field, so every error can
+// name its path; the first error per field is kept.
+type jsonWalker struct{ errs []FieldError }
+
+func (w *jsonWalker) fail(key, msg string) { w.errs = append(w.errs, FieldError{Key: key, Msg: msg}) }
+
+func (w *jsonWalker) object(raw json.RawMessage, key string, fields map[string]func(json.RawMessage, string)) {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil || m == nil {
+		what := "the body"
+		if key != "" {
+			what = "it"
+		}
+		w.fail(key, "must be a JSON object ("+what+" is not)")
+		return
+	}
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	sort.Strings(names) // errors in a stable order
+	for _, k := range names {
+		path := k
+		if key != "" {
+			path = key + "." + k
+		}
+		fn, ok := fields[k]
+		if !ok {
+			w.fail(path, "unknown field")
+			continue
+		}
+		fn(m[k], path)
+	}
+}
+
+func (w *jsonWalker) int(raw json.RawMessage, key string, dst *int64) {
+	if err := json.Unmarshal(raw, dst); err != nil {
+		w.fail(key, "must be a whole number")
+	}
+}
+
+func (w *jsonWalker) duration(raw json.RawMessage, key string, dst *Duration) {
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		w.fail(key, `must be a duration string like "1s", "24h" or "30d"`)
+		return
+	}
+	d, err := ParseDuration(s)
+	if err != nil {
+		w.fail(key, err.Error())
+		return
+	}
+	*dst = d
+}
+
+// jsonFieldError describes a document that is not one JSON value.
 func jsonFieldError(err error) FieldError {
-	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
 	switch {
-	case errors.As(err, &te):
-		return FieldError{te.Field, "must be a " + jsonKind(te.Type.Kind().String()) + ", not a JSON " + te.Value}
 	case errors.As(err, &se):
-		return FieldError{"", "malformed JSON at byte " + strconv.FormatInt(se.Offset, 10) + ": " + se.Error()}
+		return FieldError{Msg: "malformed JSON at byte " + strconv.FormatInt(se.Offset, 10) + ": " + se.Error(), Cause: err}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return FieldError{"", "malformed JSON: the body ends early (want one JSON object)"}
+		return FieldError{Msg: "malformed JSON: the body ends early (want one JSON object)", Cause: err}
 	}
-	msg := err.Error()
-	if f, ok := strings.CutPrefix(msg, "json: unknown field "); ok {
-		name, _ := strconv.Unquote(f)
-		return FieldError{name, "unknown field"}
-	}
-	var fe *fieldValueError
-	if errors.As(err, &fe) {
-		return FieldError{fe.field, fe.msg}
-	}
-	// A value our own types refused (a duration, an amount): encoding/json
-	// wraps it without the field, so say what was refused.
-	return FieldError{"", strings.TrimPrefix(msg, "json: ")}
+	return FieldError{Msg: strings.TrimPrefix(err.Error(), "json: "), Cause: err}
 }
 
 type fieldValueError struct{ field, msg string }
 
 func (e *fieldValueError) Error() string { return e.field + ": " + e.msg }
-
-func jsonKind(k string) string {
-	switch k {
-	case "int64", "int", "float64":
-		return "number"
-	case "struct", "map":
-		return "JSON object"
-	case "slice":
-		return "JSON array"
-	case "ptr":
-		return "JSON object"
-	}
-	return k
-}
 
 // USD is an amount of US dollars held exactly, in nano-dollars, so sums and
 // comparisons are integer arithmetic. Written as a decimal number: 50, 12.5.
@@ -314,7 +397,9 @@ func (u *USD) UnmarshalYAML(n *yaml.Node) error {
 }
 
 // MarshalYAML writes the amount as a number.
-func (u USD) MarshalYAML() (any, error) { return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!float", Value: u.String()}, nil }
+func (u USD) MarshalYAML() (any, error) {
+	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!float", Value: u.String()}, nil
+}
 
 // Per is the rate's period with its default.
 func (r RateLimit) PerD() time.Duration {

@@ -1,0 +1,4 @@
+package quota
+
+// Shared reports whether the limits are shared through Redis.
+func (e *Enforcer) Shared() bool { return e.shared != nil }
