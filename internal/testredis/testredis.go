@@ -1,7 +1,8 @@
 // Package testredis runs a real redis-server for a test: each call of Start
-// starts one of its own, on a free loopback port, and stops it when the test
-// ends. Tests that need Redis skip when redis-server is not installed, except
-// under CI=true, where they fail instead (scripts/test installs it).
+// (or StartWith) starts one of its own, on a free loopback port, and stops
+// it when the test ends. Tests that need Redis skip when redis-server is
+// not installed, except under CI=true, where they fail instead
+// (scripts/test installs it).
 package testredis
 
 import (
@@ -27,6 +28,7 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	opts Options
 
 	mu   sync.Mutex
 	proc *process // nil while stopped
@@ -42,10 +44,24 @@ type process struct {
 	log   []string // the last lines of its output, for failure messages
 }
 
+// Options change how StartWith runs redis-server.
+type Options struct {
+	// AppendOnly turns on append-only persistence, fsynced on every write
+	// (--appendonly yes --appendfsync always), in a directory kept across
+	// Restart: every write that was answered survives Kill and Restart.
+	AppendOnly bool
+}
+
 // Start starts a redis-server for t on a free port of 127.0.0.1, without
 // persistence, and returns once it accepts connections. It is killed when
 // t ends.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o Options) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -54,7 +70,7 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skipf("testredis: redis-server is not on PATH (apt-get install redis-server, or run scripts/test): %v", err)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), opts: o}
 	t.Cleanup(s.stop)
 	// A free port can be taken by someone else between our probe and
 	// redis-server's bind: try a few.
@@ -91,7 +107,8 @@ func (s *Server) Kill() {
 
 // Restart starts the server again on the same port (after Kill) and
 // returns once it accepts connections. Its data is gone, as after a crash
-// without persistence.
+// without persistence, unless it was started with Options.AppendOnly: then
+// it has every write that was answered before the Kill.
 func (s *Server) Restart() {
 	s.t.Helper()
 	s.mu.Lock()
@@ -144,15 +161,21 @@ func (s *Server) stop() {
 // start runs redis-server on s.port and waits until its log says it is
 // ready to accept connections, or it exits, or readyTimeout passes.
 func (s *Server) start() error {
-	cmd := exec.Command(s.bin,
+	appendOnly := []string{"--appendonly", "no"}
+	if s.opts.AppendOnly {
+		appendOnly = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	args := append([]string{
 		"--port", strconv.Itoa(s.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
-		"--appendonly", "no",
+	}, appendOnly...)
+	args = append(args,
 		"--daemonize", "no",
 		"--dir", s.dir,
 		"--loglevel", "notice",
 	)
+	cmd := exec.Command(s.bin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
