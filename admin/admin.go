@@ -11,12 +11,35 @@ import (
 	"time"
 
 	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/ledger"
 	"github.com/flowgate/flowgate/proxy"
+	"github.com/flowgate/flowgate/quota"
 )
+
+// Deps are what the admin API manages. Quota and Ledger may be nil: their
+// endpoints then answer 409.
+type Deps struct {
+	Gateway *proxy.Gateway // required
+	Quota   *quota.Enforcer
+	Ledger  ledger.Ledger
+	// Now is the clock of usage ranges; nil: time.Now.
+	Now func() time.Time
+}
 
 // Handler returns the admin API for gateway g, guarded by token.
 func Handler(token string, g *proxy.Gateway) http.Handler {
+	return HandlerWith(token, Deps{Gateway: g})
+}
+
+// HandlerWith returns the admin API for d, guarded by token.
+func HandlerWith(token string, d Deps) http.Handler {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	g := d.Gateway
 	mux := http.NewServeMux()
+	quotaRoutes(mux, d)
+	usageRoutes(mux, d)
 	mux.HandleFunc("GET /admin/v1/upstreams", func(w http.ResponseWriter, r *http.Request) {
 		type upstream struct {
 			Name     string `json:"name"`
@@ -27,7 +50,7 @@ func Handler(token string, g *proxy.Gateway) http.Handler {
 		now := time.Now()
 		out := []upstream{}
 		for _, u := range g.Upstreams() {
-			out = append(out, upstream{u.Name, u.URL.String(), u.Healthy(now), u.InFlight()})
+			out = append(out, upstream{u.Name, u.URL.Redacted(), u.Healthy(now), u.InFlight()})
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"upstreams": out})
 	})
@@ -95,4 +118,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeErr(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, map[string]any{"statusCode": status, "success": false, "code": code, "message": msg})
+}
+
+// writeFieldErr answers 400 for bad input, naming the field at fault
+// ("" when the body as a whole is).
+func writeFieldErr(w http.ResponseWriter, field, msg string) {
+	out := map[string]any{"statusCode": http.StatusBadRequest, "success": false, "code": "invalid_request", "field": field, "message": msg}
+	if field != "" {
+		out["message"] = field + ": " + msg
+	}
+	writeJSON(w, http.StatusBadRequest, out)
 }

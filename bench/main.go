@@ -169,7 +169,9 @@ func bench(o options) error {
 	dir, _ = filepath.Abs(dir)
 	logf("output directory %s", dir)
 
-	e := &env{dir: dir, flowgateEnv: o.flowgateEnv, flowgateAccessLog: o.flowgateAccessLog}
+	// The embedded usage ledger of the flowgate under test lives with the
+	// run's other files, not in /var/lib/flowgate.
+	e := &env{dir: dir, flowgateEnv: append([]string{"FLOWGATE_METERING_STORE_DIR=" + filepath.Join(dir, "state")}, o.flowgateEnv...), flowgateAccessLog: o.flowgateAccessLog}
 	if err := e.build(); err != nil {
 		return err
 	}

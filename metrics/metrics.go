@@ -14,6 +14,7 @@ const namespace = "flowgate"
 
 // Metrics holds the gateway's collectors.
 type Metrics struct {
+	*Usage           // quotas and metering
 	requests         *prometheus.CounterVec
 	duration         *prometheus.HistogramVec
 	upstreamFailures *prometheus.CounterVec
@@ -82,6 +83,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:      "Cache operations that failed and were skipped, by level (memory, redis).",
 		}, []string{"level"}),
 	}
+	m.Usage = NewUsage(reg, DefaultMaxWorkflows)
 	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut, m.cacheRequests, m.cacheErrors)
 	return m
 }

@@ -23,7 +23,10 @@ import (
 	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/ledger"
+	"github.com/flowgate/flowgate/metering"
 	"github.com/flowgate/flowgate/metrics"
+	"github.com/flowgate/flowgate/quota"
 	"go.uber.org/zap"
 )
 
@@ -40,6 +43,15 @@ type Options struct {
 	// Cache stores flow answers for the workflows whose cache policy is
 	// on (config cache). nil turns the cache off.
 	Cache *cache.Store
+	// Quota admits flow runs against their workflow's limits. nil turns
+	// quotas off.
+	Quota *quota.Enforcer
+	// Prices turns metering on: each Flowise run's tokens and cost are
+	// measured from its answer. nil turns it off.
+	Prices *metering.Prices
+	// Ledger records each run's usage, cache hits and refusals; nil
+	// records nothing.
+	Ledger ledger.Ledger
 }
 
 // Gateway is the reverse proxy. Build it with New, start its health checks
@@ -82,6 +94,10 @@ type Gateway struct {
 
 	upstreamTLS *tls.Config
 
+	quota  *quota.Enforcer // nil: no quotas
+	ledger ledger.Ledger   // nil: no usage ledger
+	meter  *meteringState  // nil: no metering
+
 	cacheStore *cache.Store // nil: no cache
 	cachePol   *cachePolicies
 	flights    flights
@@ -116,6 +132,10 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		idleTimeout:         p.IdleTimeout.D(),
 		retries:             p.Retries,
 		healthCh:            make(chan struct{}),
+	}
+	g.quota, g.ledger = o.Quota, o.Ledger
+	if o.Prices != nil {
+		g.meter = newMeteringState(cfg.Metering, o.Prices)
 	}
 	if o.Cache != nil && cfg.Cache.AnyEnabled() {
 		g.cacheStore = o.Cache
@@ -198,6 +218,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 func (g *Gateway) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	g.ctx, g.stop = ctx, cancel
+	g.startMetering()
 	if g.cfg.Health.Active.On() {
 		g.activeChecks(ctx)
 	}
@@ -209,6 +230,7 @@ func (g *Gateway) Close() {
 		g.stop()
 	}
 	g.wg.Wait()
+	g.stopMetering()
 	if g.probeClient != nil {
 		g.probeClient.CloseIdleConnections()
 	}
@@ -270,6 +292,11 @@ type reqState struct {
 	timer      *attemptTimer
 
 	cache cacheState
+
+	quota       quota.Decision
+	quotaOn     bool   // quota holds an admission to settle
+	quotaCaller string // the policy's caller key
+	meter       *metering.Meter
 
 	status         int // set when the gateway answers itself
 	upstreamStatus int
@@ -400,7 +427,13 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			st.streamReq = st.body.asksToStream()
 		}
 	}
+	if g.quota != nil && st.info.Runs && r.Method == http.MethodPost && !g.quotaAdmit(r, st) {
+		return
+	}
 	if g.cacheStore != nil && st.info.Runs && g.cacheLookup(w, r, st) {
+		if st.quotaOn {
+			g.quota.Refund(&st.quota) // a hit runs nothing
+		}
 		return
 	}
 
@@ -480,6 +513,12 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 	// The body is already complete: waiting for a 100 from the upstream
 	// would only add a round trip.
 	pr.Out.Header.Del("Expect")
+	if st.info.Runs {
+		// A flow's answer is read on its way (stream check, cache,
+		// metering), so it must come plain; the client still gets gzip
+		// from the gateway when it asked.
+		pr.Out.Header.Del("Accept-Encoding")
+	}
 	g.setForwarded(pr, st)
 }
 
@@ -495,6 +534,13 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 	g.securityHeaders(h, out)
 	delete(h, "X-Request-Id")
 	out["X-Request-Id"] = []string{st.id}
+	g.meterStart(res, st)
+	if st.quotaOn && st.quota.HasLimit {
+		// Ours, already in out, replace the upstream's own limiter's.
+		delete(h, "Ratelimit-Limit")
+		delete(h, "Ratelimit-Remaining")
+		delete(h, "Ratelimit-Reset")
+	}
 	// The upstream has answered, so no attempt can need the request body
 	// again: a long stream does not hold it.
 	if st.body != nil {
@@ -624,6 +670,9 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 	g.metrics.ObserveRequest(st.info.Route, r.Method, st.status, d)
 	if g.access != nil {
 		g.logAccess(r, st, end, d)
+	}
+	if g.meter != nil {
+		g.meterFinish(st, end, d)
 	}
 	st.bodyBuf.release()
 	*st = reqState{}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/metering"
 	"github.com/flowgate/flowgate/sse"
 )
 
@@ -47,9 +48,10 @@ type upstreamBody struct {
 	flowiseSSE bool
 	parser     sse.Parser
 	emit       func(*sse.Event)
-	rec        *recorder // the cache's copy of the answer; nil when not recorded
-	ended      bool      // the last event was Flowise's end
-	pending    error     // error held back while its bytes are delivered
+	rec        *recorder       // the cache's copy of the answer; nil when not recorded
+	meter      *metering.Meter // nil when the answer is not metered
+	ended      bool            // the last event was Flowise's end
+	pending    error           // error held back while its bytes are delivered
 	done       bool
 	eof        bool // the upstream's answer was read to its end
 }
@@ -64,11 +66,15 @@ func (b *upstreamBody) init(rc io.ReadCloser, st *reqState, parse, flowiseSSE bo
 	if rec := st.cache.rec; rec != nil && !rec.failed {
 		b.rec = rec
 	}
+	b.meter = st.meter
 	if b.parse {
 		b.parser.MaxEventBytes = maxCheckedEvent
 		if b.rec != nil {
 			// A recorded event is kept whole, up to the entry bound.
 			b.parser.MaxEventBytes = max(maxCheckedEvent, b.rec.max)
+		}
+		if b.meter != nil {
+			b.parser.MaxEventBytes = max(b.parser.MaxEventBytes, maxMeteredEvent)
 		}
 		if b.flowiseSSE {
 			b.emit = b.onEvent
@@ -78,6 +84,9 @@ func (b *upstreamBody) init(rc io.ReadCloser, st *reqState, parse, flowiseSSE bo
 
 func (b *upstreamBody) onEvent(ev *sse.Event) {
 	b.ended = !ev.Truncated && flow.IsFlowiseEnd(ev.Data)
+	if b.meter != nil && !ev.Truncated {
+		b.meter.Event(ev.Data)
+	}
 	if b.rec != nil {
 		b.rec.event(ev.Data, ev.Truncated)
 		if b.rec.failed {
@@ -99,8 +108,13 @@ func (b *upstreamBody) Read(p []byte) (int, error) {
 		b.st.rearm()
 		if b.parse {
 			b.parser.Feed(p[:n], b.emit)
-		} else if b.rec != nil {
-			b.rec.write(p[:n])
+		} else {
+			if b.rec != nil {
+				b.rec.write(p[:n])
+			}
+			if b.meter != nil {
+				b.meter.Write(p[:n])
+			}
 		}
 	}
 	if err == nil {

@@ -23,12 +23,16 @@ import (
 	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/flowgate/flowgate/ledger"
+	"github.com/flowgate/flowgate/metering"
 	"github.com/flowgate/flowgate/metrics"
 	"github.com/flowgate/flowgate/proxy"
+	"github.com/flowgate/flowgate/quota"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -217,7 +221,48 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 			log.Warn("cache.vary_headers is empty: every caller of a cached workflow shares its answers, whatever their credentials")
 		}
 	}
-	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, AccessLog: accessLog, Cache: store})
+	// Metering and quotas keep their state in Redis when it is set, else
+	// in the embedded store; the deferred closes run after the gateway's,
+	// which hands them its last records.
+	var db *bbolt.DB
+	if rdb == nil {
+		var err error
+		if db, err = openStore(cfg.Metering.StoreDir, log); err != nil {
+			return err
+		}
+		defer db.Close()
+	}
+	prices := metering.Bundled()
+	if pf := cfg.Metering.PricesFile; pf != "" {
+		var err error
+		if prices, err = metering.LoadPrices(pf); err != nil {
+			return fmt.Errorf("metering.prices_file: %w", err)
+		}
+	}
+	if _, _, ok := prices.Lookup(cfg.Metering.DefaultModel); !ok {
+		log.Warn("metering.default_model is not in the price table: runs it prices cost 0",
+			zap.String("model", cfg.Metering.DefaultModel))
+	}
+	lopts := ledger.Options{Logger: log.Named("ledger"), OnError: func(error) { m.LedgerError() }}
+	var led ledger.Ledger
+	if rdb != nil {
+		led = ledger.NewRedis(rdb, lopts)
+	} else {
+		var err error
+		if led, err = ledger.NewBolt(db, lopts); err != nil {
+			return fmt.Errorf("usage ledger: %w", err)
+		}
+	}
+	defer led.Close()
+	q, err := quota.New(quota.Options{Config: cfg.Quota, Redis: redisOrNil(rdb), DB: db, CredentialHeaders: cfg.Cache.VaryHeaders,
+		Logger: log.Named("quota"), RedisError: m.QuotaRedisError})
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+
+	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, AccessLog: accessLog, Cache: store,
+		Quota: q, Prices: prices, Ledger: led})
 	if err != nil {
 		return err
 	}
@@ -245,7 +290,7 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		servers = append(servers, metricsSrv)
 	}
 	if cfg.Server.AdminListen != "" {
-		adminSrv = opsServer(cfg.Server.AdminListen, admin.Handler(cfg.Admin.Token, g), cfg.Server, errLog)
+		adminSrv = opsServer(cfg.Server.AdminListen, admin.HandlerWith(cfg.Admin.Token, admin.Deps{Gateway: g, Quota: q, Ledger: led}), cfg.Server, errLog)
 		servers = append(servers, adminSrv)
 	}
 

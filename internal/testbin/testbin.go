@@ -54,7 +54,10 @@ type Proc struct {
 func Start(t testing.TB, bin string, env []string, args ...string) *Proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
+	// Each process its own embedded ledger: the file is locked by the
+	// process that opened it, and tests run many at once.
+	cmd.Env = append(os.Environ(), "FLOWGATE_METERING_STORE_DIR="+t.TempDir())
+	cmd.Env = append(cmd.Env, env...)
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

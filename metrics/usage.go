@@ -1,0 +1,105 @@
+package metrics
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Usage holds the quota and metering collectors. Their workflow_id label
+// comes from request paths, so it is bounded: past MaxWorkflows distinct
+// ids the rest are counted under "other", and a client spraying random
+// ids cannot grow the registry.
+type Usage struct {
+	rejections  *prometheus.CounterVec
+	tokens      *prometheus.CounterVec
+	cost        *prometheus.CounterVec
+	redisErrors *prometheus.CounterVec
+	ledgerErrs  prometheus.Counter
+
+	mu    sync.Mutex
+	seen  map[string]struct{}
+	limit int
+}
+
+// DefaultMaxWorkflows bounds the workflow_id label (metrics.max_workflows
+// in a later config).
+const DefaultMaxWorkflows = 1000
+
+// NewUsage creates the collectors and registers them on reg.
+func NewUsage(reg prometheus.Registerer, maxWorkflows int) *Usage {
+	if maxWorkflows <= 0 {
+		maxWorkflows = DefaultMaxWorkflows
+	}
+	u := &Usage{
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "quota_rejections_total",
+			Help:      "Flow requests refused before reaching the flow server, by workflow and reason (rate_limited, quota_exceeded, quota_unavailable).",
+		}, []string{"workflow_id", "reason"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "tokens_total",
+			Help:      "LLM tokens spent by flow executions, by workflow, model, direction (input, output) and source (reported by the flow server, or estimated with a tokenizer).",
+		}, []string{"workflow_id", "model", "direction", "source"}),
+		cost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "cost_usd_total",
+			Help:      "Cost of flow executions in US dollars, by workflow and model.",
+		}, []string{"workflow_id", "model"}),
+		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "quota_redis_errors_total",
+			Help:      "Failed Redis calls of the quota enforcer, by operation; while they fail, quota.on_redis_error applies.",
+		}, []string{"op"}),
+		ledgerErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace,
+			Name:      "ledger_errors_total",
+			Help:      "Failed writes of the usage ledger (retried; records past the pending bound are dropped).",
+		}),
+		seen:  map[string]struct{}{},
+		limit: maxWorkflows,
+	}
+	reg.MustRegister(u.rejections, u.tokens, u.cost, u.redisErrors, u.ledgerErrs)
+	return u
+}
+
+// workflow is the label value for id: itself while fewer than the limit
+// have been seen, else "other".
+func (u *Usage) workflow(id string) string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, ok := u.seen[id]; ok {
+		return id
+	}
+	if len(u.seen) >= u.limit {
+		return "other"
+	}
+	u.seen[id] = struct{}{}
+	return id
+}
+
+// QuotaRejection counts one refused request.
+func (u *Usage) QuotaRejection(workflow, reason string) {
+	u.rejections.WithLabelValues(u.workflow(workflow), reason).Inc()
+}
+
+// Tokens counts tokens of one execution.
+func (u *Usage) Tokens(workflow, model, direction, source string, n int64) {
+	if n > 0 {
+		u.tokens.WithLabelValues(u.workflow(workflow), model, direction, source).Add(float64(n))
+	}
+}
+
+// Cost counts an execution's cost in dollars.
+func (u *Usage) Cost(workflow, model string, usd float64) {
+	if usd > 0 {
+		u.cost.WithLabelValues(u.workflow(workflow), model).Add(usd)
+	}
+}
+
+// QuotaRedisError counts a failed quota call to Redis.
+func (u *Usage) QuotaRedisError(op string) { u.redisErrors.WithLabelValues(op).Inc() }
+
+// LedgerError counts a failed ledger write.
+func (u *Usage) LedgerError() { u.ledgerErrs.Inc() }

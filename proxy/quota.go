@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/ledger"
+	"github.com/flowgate/flowgate/quota"
+)
+
+// Quotas on the request path. A request that runs a flow is admitted after
+// its body is read and before the cache and the upstream: a refused one
+// never reaches the flow server. Its answer, admitted or not, carries the
+// RateLimit headers of the limit nearest to refusing. A cache hit is
+// counted by the rate but gives its execution back.
+
+// quotaAdmit decides on a flow run. It answers a refused request itself
+// and returns false.
+func (g *Gateway) quotaAdmit(r *http.Request, st *reqState) bool {
+	wf := flow.CanonicalID(st.info.WorkflowID)
+	pol := g.quota.Policy(wf)
+	if pol == nil {
+		return true
+	}
+	var caller string
+	if pol.PerCaller() {
+		caller = pol.CallerKey(r.Header, g.clientIP(r, st).String())
+	}
+	st.quota = g.quota.Admit(r.Context(), pol, wf, caller)
+	st.quotaOn, st.quotaCaller = true, caller
+	d := &st.quota
+	if d.Allowed {
+		if d.HasLimit {
+			rateLimitHeaders(st.rw.Header(), d)
+		}
+		return true
+	}
+	if r.Context().Err() != nil {
+		abortClientGone(st)
+	}
+	g.metrics.QuotaRejection(wf, d.Code)
+	if g.ledger != nil {
+		g.ledger.Add(ledger.Record{Workflow: wf, Caller: caller, Time: time.Now(), Rejected: 1})
+	}
+	h := st.rw.Header()
+	secs := retryAfterSeconds(d.RetryAfter)
+	h["Retry-After"] = []string{strconv.FormatInt(secs, 10)}
+	status := http.StatusTooManyRequests
+	if d.Code == quota.CodeUnavailable {
+		status = http.StatusServiceUnavailable
+	} else if d.HasLimit {
+		rateLimitHeaders(h, d)
+	}
+	writeQuotaError(&st.rw, st, status, d, st.info.WorkflowID)
+	return false
+}
+
+// clientIP is the client as the quota sees it: behind trusted proxies,
+// the address they forwarded; otherwise the peer.
+func (g *Gateway) clientIP(r *http.Request, st *reqState) netip.Addr {
+	if st.trustedPeer {
+		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+			return g.realClient(xff, st.peer)
+		}
+	}
+	return st.peer
+}
+
+// retryAfterSeconds rounds up: a client that waits the whole seconds
+// given finds the limit open again.
+func retryAfterSeconds(d time.Duration) int64 {
+	return max(1, int64((d+time.Second-1)/time.Second))
+}
+
+// rateLimitHeaders sets the RateLimit-* fields (draft-ietf-httpapi-
+// ratelimit-headers, the form Flowise's own express-rate-limit sends),
+// replacing any an upstream sent.
+func rateLimitHeaders(h http.Header, d *quota.Decision) {
+	h["Ratelimit-Limit"] = []string{strconv.FormatInt(d.Limit, 10)}
+	h["Ratelimit-Remaining"] = []string{strconv.FormatInt(d.Remaining, 10)}
+	h["Ratelimit-Reset"] = []string{strconv.FormatInt(retryAfterSeconds(d.Reset), 10)}
+}
+
+// writeQuotaError answers a refusal in Flowise's error shape plus what a
+// client needs to back off: {"statusCode":429,"success":false,"code":...,
+// "message":...,"workflowId":...,"limit":...,"window":...}.
+func writeQuotaError(w http.ResponseWriter, st *reqState, status int, d *quota.Decision, workflow string) {
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json; charset=utf-8"}
+	h["X-Request-Id"] = []string{st.id}
+	h["Cache-Control"] = []string{"no-store"}
+	st.g.securityHeaders(h, h)
+	body := make([]byte, 0, 256)
+	body = append(body, `{"statusCode":`...)
+	body = strconv.AppendInt(body, int64(status), 10)
+	body = append(body, `,"success":false,"code":`...)
+	body = strconv.AppendQuote(body, d.Code)
+	body = append(body, `,"message":`...)
+	body = strconv.AppendQuote(body, d.Message)
+	body = append(body, `,"workflowId":`...)
+	body = strconv.AppendQuote(body, workflow)
+	if d.Code != quota.CodeUnavailable {
+		body = append(body, `,"limit":`...)
+		if d.LimitUSD != "" {
+			body = append(body, d.LimitUSD...)
+		} else {
+			body = strconv.AppendInt(body, d.Limit, 10)
+		}
+		body = append(body, `,"limitType":`...)
+		body = strconv.AppendQuote(body, d.What)
+		body = append(body, `,"window":`...)
+		body = strconv.AppendQuote(body, d.Window)
+	}
+	body = append(body, `,"retryAfter":`...)
+	body = strconv.AppendInt(body, retryAfterSeconds(d.RetryAfter), 10)
+	body = append(body, `,"requestId":`...)
+	body = strconv.AppendQuote(body, st.id)
+	body = append(body, "}\n"...)
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
+	w.WriteHeader(status)
+	_, _ = w.Write(body)
+	st.errCode = d.Code
+}
