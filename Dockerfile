@@ -32,7 +32,7 @@ RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=${TARGETOS:-linux} GOARCH=${TARGETARCH} \
     go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
-      -o /out/flowgate ./cmd/flowgate
+      -o /out/flowgate ./cmd/flowgate && mkdir -p /out/state
 
 # ---- build-fakeflow: only built for the fakeflow target ----------------------
 FROM deps AS build-fakeflow
@@ -65,6 +65,10 @@ LABEL org.opencontainers.image.title="flowgate" \
       org.opencontainers.image.source="https://github.com/flowgate/flowgate" \
       org.opencontainers.image.version="${VERSION}"
 COPY --from=build /out/flowgate /usr/local/bin/flowgate
+# The embedded usage ledger and quota state when no Redis is configured
+# (metering.store_dir). Owned by nonroot, so a named volume mounted here
+# starts writable; mount one, or the state lives and dies with the container.
+COPY --from=build --chown=65532:65532 /out/state /var/lib/flowgate
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532
 # 8080: proxy listener. 9090: /metrics, /healthz, /readyz.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -32,6 +34,9 @@ func openStore(dir string, log *zap.Logger) (*bbolt.DB, error) {
 		if sd := userStateDir(); sd != "" {
 			candidates = append(candidates, sd)
 		}
+		// A user without a home (nobody) still gets a gateway: the state
+		// then lasts until the temp directory is cleaned, said at start-up.
+		candidates = append(candidates, filepath.Join(os.TempDir(), "flowgate-state-"+strconv.Itoa(os.Getuid())))
 		key = "metering.store_dir (default)"
 	}
 	var errs []error
@@ -48,7 +53,11 @@ func openStore(dir string, log *zap.Logger) (*bbolt.DB, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: open %s: %w", key, path, err)
 		}
-		log.Info("embedded store for the usage ledger and quotas (no redis.addr)", zap.String("path", path))
+		if strings.HasPrefix(d, os.TempDir()) && dir == "" {
+			log.Warn("embedded store in the temp directory: no writable /var/lib/flowgate or home; usage and quota state last until it is cleaned (set metering.store_dir)", zap.String("path", path))
+		} else {
+			log.Info("embedded store for the usage ledger and quotas (no redis.addr)", zap.String("path", path))
+		}
 		return db, nil
 	}
 	return nil, fmt.Errorf("%s: no writable directory: %w (set metering.store_dir or %s)", key, errors.Join(errs...), "FLOWGATE_METERING_STORE_DIR")
