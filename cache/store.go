@@ -225,6 +225,41 @@ func (s *Store) Get(ctx context.Context, k Key) (e *Entry, level string) {
 	return e, LevelRedis
 }
 
+// MemoryGet looks k up in the in-process level only.
+func (s *Store) MemoryGet(ctx context.Context, k Key) *Entry {
+	e, _, _ := s.mem.get(ctx, k)
+	return e
+}
+
+// QueueGet adds k's Redis lookup to pipe, so it shares a round trip with
+// other commands (the quota's admission), and returns what reads the
+// result once pipe ran; nil when there is no Redis level or its breaker
+// is open. Call the result exactly once, after the pipeline's Exec.
+func (s *Store) QueueGet(ctx context.Context, pipe redis.Pipeliner, k Key) func() *Entry {
+	rl, isRedis := s.remote.(*redisLevel)
+	if !isRedis {
+		return nil
+	}
+	ok, probe := s.brk.allow(s.now())
+	if !ok {
+		return nil
+	}
+	epoch := s.epoch.Load()
+	val, pttl := rl.queueGet(ctx, pipe, k)
+	return func() *Entry {
+		e, expires, err := rl.decode(k, val, pttl)
+		s.report(ctx, "get", err, probe)
+		if err != nil || e == nil {
+			return nil
+		}
+		_ = s.mem.set(ctx, k, e, expires, 0)
+		if s.epoch.Load() != epoch {
+			s.mem.forget(k)
+		}
+		return e
+	}
+}
+
 // Set stores e under k until e.Created()+ttl: in memory at once, in Redis
 // in the background. It never blocks: when the queue to Redis is full the
 // answer is not written there, and that is counted as a Redis error.

@@ -120,17 +120,32 @@ func workflowPattern(workflow string) string {
 func (r *redisLevel) get(ctx context.Context, k Key) (*Entry, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.opTimeout)
 	defer cancel()
-	key := redisKey(k)
 	pipe := r.rdb.Pipeline()
-	val := pipe.Get(ctx, key)
-	pttl := pipe.PTTL(ctx, key)
+	val, pttl := r.queueGet(ctx, pipe, k)
 	_, err := pipe.Exec(ctx)
-	if errors.Is(err, redis.Nil) {
-		return nil, 0, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, 0, err
 	}
+	return r.decode(k, val, pttl)
+}
+
+// queueGet adds k's lookup to a pipeline: the value and its time to live.
+func (r *redisLevel) queueGet(ctx context.Context, pipe redis.Pipeliner, k Key) (*redis.StringCmd, *redis.DurationCmd) {
+	key := redisKey(k)
+	return pipe.Get(ctx, key), pipe.PTTL(ctx, key)
+}
+
+// decode reads a queued lookup once its pipeline ran.
+func (r *redisLevel) decode(k Key, val *redis.StringCmd, pttl *redis.DurationCmd) (*Entry, int64, error) {
+	if err := val.Err(); errors.Is(err, redis.Nil) {
+		return nil, 0, nil
+	} else if err != nil {
+		return nil, 0, err
+	}
+	if err := pttl.Err(); err != nil {
+		return nil, 0, err
+	}
+	key := redisKey(k)
 	ttl := pttl.Val()
 	if ttl <= 0 {
 		// Gone between the two commands, or stored without a TTL by

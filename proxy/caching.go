@@ -172,10 +172,11 @@ func (r *recorder) release() {
 	}
 }
 
-// cacheLookup runs after the body is read. It answers the request from the
-// cache and returns true, or prepares st.cache for the miss and returns
-// false.
-func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqState) bool {
+// cacheKey runs after the body is read: it decides whether the request may
+// be answered from the cache, derives its key and reports whether to look
+// it up. A request that bypasses the cache, or refreshes it, is prepared
+// for the upstream here (false).
+func (g *Gateway) cacheKey(r *http.Request, st *reqState) bool {
 	// Flowise's flow ids are UUIDs its database matches whatever their
 	// case: one flow, one policy, one set of entries.
 	info := st.info
@@ -232,7 +233,16 @@ func (g *Gateway) cacheLookup(w http.ResponseWriter, r *http.Request, st *reqSta
 		cs.rec = &recorder{max: g.cachePol.maxEntry, budget: &g.recBudget}
 		return false
 	}
-	if e, _ := g.cacheStore.Get(r.Context(), key); e != nil {
+	return true
+}
+
+// cacheAnswer answers a looked-up request: from e, the entry found (nil on
+// a miss), or from an identical request in flight; or it prepares the
+// miss for the upstream and returns false.
+func (g *Gateway) cacheAnswer(w http.ResponseWriter, r *http.Request, st *reqState, e *cache.Entry) bool {
+	cs := &st.cache
+	key := cs.key
+	if e != nil {
 		g.cacheDecided(st, cacheHit)
 		g.serveEntry(w, st, e)
 		return true

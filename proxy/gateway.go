@@ -427,13 +427,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			st.streamReq = st.body.asksToStream()
 		}
 	}
-	if g.quota != nil && st.info.Runs && r.Method == http.MethodPost && !g.quotaAdmit(r, st) {
-		return
-	}
-	if g.cacheStore != nil && st.info.Runs && g.cacheLookup(w, r, st) {
-		if st.quotaOn {
-			g.quota.Refund(&st.quota) // a hit runs nothing
-		}
+	if (g.quota != nil || g.cacheStore != nil) && st.info.Runs && g.gates(w, r, st) {
 		return
 	}
 

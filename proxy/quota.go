@@ -6,9 +6,11 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/flow"
 	"github.com/flowgate/flowgate/ledger"
 	"github.com/flowgate/flowgate/quota"
+	"github.com/redis/go-redis/v9"
 )
 
 // Quotas on the request path. A request that runs a flow is admitted after
@@ -17,19 +19,65 @@ import (
 // RateLimit headers of the limit nearest to refusing. A cache hit is
 // counted by the rate but gives its execution back.
 
-// quotaAdmit decides on a flow run. It answers a refused request itself
-// and returns false.
-func (g *Gateway) quotaAdmit(r *http.Request, st *reqState) bool {
-	wf := flow.CanonicalID(st.info.WorkflowID)
-	pol := g.quota.Policy(wf)
-	if pol == nil {
+// gates runs a flow request past the quota and the cache, in that order:
+// a refused request is answered here, and so is a hit (which gives back
+// the execution it was counted for). When both need Redis, the admission
+// and the cache's lookup share one pipeline, one round trip. It reports
+// whether the request was answered.
+func (g *Gateway) gates(w http.ResponseWriter, r *http.Request, st *reqState) bool {
+	var pol *quota.Policy
+	var wf string
+	if g.quota != nil && r.Method == http.MethodPost {
+		wf = flow.CanonicalID(st.info.WorkflowID)
+		pol = g.quota.Policy(wf)
+	}
+	lookup := g.cacheStore != nil && g.cacheKey(r, st)
+	var e *cache.Entry
+	if lookup {
+		e = g.cacheStore.MemoryGet(r.Context(), st.cache.key)
+	}
+	var remote func() *cache.Entry
+	if pol != nil {
+		var queue func(redis.Pipeliner)
+		if lookup && e == nil {
+			queue = func(p redis.Pipeliner) { remote = g.cacheStore.QueueGet(r.Context(), p, st.cache.key) }
+		}
+		admitted := g.quotaAdmit(r, st, pol, wf, queue)
+		if remote != nil {
+			// Read exactly once, admitted or not: it reports to the
+			// cache's breaker.
+			if re := remote(); e == nil {
+				e = re
+			}
+		}
+		if !admitted {
+			return true
+		}
+	}
+	if !lookup {
+		return false
+	}
+	if e == nil && remote == nil {
+		e, _ = g.cacheStore.Get(r.Context(), st.cache.key)
+	}
+	if g.cacheAnswer(w, r, st, e) {
+		if st.quotaOn {
+			g.quota.Refund(&st.quota) // a hit runs nothing
+		}
 		return true
 	}
+	return false
+}
+
+// quotaAdmit decides on a flow run under pol, with queue's commands in the
+// admission's pipeline. It answers a refused request itself and returns
+// false.
+func (g *Gateway) quotaAdmit(r *http.Request, st *reqState, pol *quota.Policy, wf string, queue func(redis.Pipeliner)) bool {
 	var caller string
 	if pol.PerCaller() {
 		caller = pol.CallerKey(r.Header, g.clientIP(r, st).String())
 	}
-	st.quota = g.quota.Admit(r.Context(), pol, wf, caller)
+	st.quota, _ = g.quota.AdmitWith(r.Context(), pol, wf, caller, queue)
 	st.quotaOn, st.quotaCaller = true, caller
 	d := &st.quota
 	if d.Allowed {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -81,6 +82,12 @@ func budgetKey(key string, winSec int64) string {
 }
 
 func (s *shared) admit(ctx context.Context, key string, p *Policy, _ int64) (outcome, error) {
+	return s.admitWith(ctx, key, p, nil)
+}
+
+// admitWith runs the admission in one pipeline after what queue adds (the
+// cache's lookup), so both cost one round trip.
+func (s *shared) admitWith(ctx context.Context, key string, p *Policy, queue func(redis.Pipeliner)) (outcome, error) {
 	var kbuf [9]string
 	keys := append(kbuf[:0], rateKey(key))
 	args := make([]any, 0, 3+4*len(p.budgets))
@@ -95,10 +102,31 @@ func (s *shared) admit(ctx context.Context, key string, p *Policy, _ int64) (out
 		keys = append(keys, budgetKey(key, b.winSec))
 		args = append(args, b.winSec, b.executions, b.tokens, b.costNano)
 	}
-	res, err := admitScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	var res []int64
+	var err error
+	if queue == nil {
+		res, err = admitScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	} else {
+		pipe := s.rdb.Pipeline()
+		queue(pipe)
+		cmd := pipe.EvalSha(ctx, admitScript.Hash(), keys, args...)
+		// Exec's error is the first command's: a cache miss (redis.Nil)
+		// is no failure of the script, whose own error is what counts.
+		_, _ = pipe.Exec(ctx)
+		res, err = cmd.Int64Slice()
+		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			// The first admission since Redis started: load the script
+			// (the queued commands have run already).
+			res, err = admitScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
+		}
+	}
 	if err != nil {
 		return outcome{}, err
 	}
+	return parseOutcome(res, p)
+}
+
+func parseOutcome(res []int64, p *Policy) (outcome, error) {
 	if len(res) < 6 {
 		return outcome{}, fmt.Errorf("quota: admit script answered %d values", len(res))
 	}

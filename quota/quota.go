@@ -114,6 +114,10 @@ type job struct {
 // maxLocalKeys bounds the in-process limiter's maps (each).
 const maxLocalKeys = 100_000
 
+// admitTimeout bounds one admission's Redis round trip (loopback or a
+// LAN answers in well under a millisecond).
+const admitTimeout = 250 * time.Millisecond
+
 // redisRetry is how long Redis is left alone after a failure.
 const redisRetry = time.Second
 
@@ -192,39 +196,54 @@ func (e *Enforcer) Policy(workflow string) *Policy { return e.set.Load().lookup(
 // Admit decides on one request of workflow by caller (Policy.CallerKey)
 // and, when it is admitted, counts it.
 func (e *Enforcer) Admit(ctx context.Context, p *Policy, workflow, caller string) Decision {
+	d, _ := e.AdmitWith(ctx, p, workflow, caller, nil)
+	return d
+}
+
+// AdmitWith is Admit with queue's Redis commands (the cache's lookup) sent
+// in the same pipeline as the admission, so both take one round trip.
+// piped reports whether queue was called and its commands ran; when not
+// (no Redis, or Redis skipped after a failure) the caller does its own.
+func (e *Enforcer) AdmitWith(ctx context.Context, p *Policy, workflow, caller string, queue func(redis.Pipeliner)) (d Decision, piped bool) {
 	key := workflow
 	if caller != "" {
 		key += "|" + caller
 	}
-	d := Decision{pol: p, key: key}
+	d = Decision{pol: p, key: key}
 	if e.shared != nil {
 		if e.redisUsable() {
-			o, err := e.shared.admit(ctx, key, p, 0)
+			// A slow Redis is a failing one: past admitTimeout the request
+			// is decided as on_redis_error says, not held for go-redis's
+			// one-second read timeout.
+			actx, cancel := context.WithTimeout(ctx, admitTimeout)
+			o, err := e.shared.admitWith(actx, key, p, queue)
+			cancel()
+			piped = queue != nil
 			if err == nil {
 				e.redisOK()
 				d.lim = e.shared
 				p.decide(o, &d)
-				return d
+				return d, piped
 			}
 			if ctx.Err() != nil {
 				// The client left: no verdict is needed, and Redis may
 				// well be fine. If this call was the probe, it is over:
 				// let the next caller try.
 				e.probing.Store(false)
-				return Decision{Code: CodeUnavailable, Message: "the client went away"}
+				return Decision{Code: CodeUnavailable, Message: "the client went away"}, piped
 			}
 			e.redisFailed("admit", err)
 		}
 		if !e.open {
 			return Decision{Code: CodeUnavailable, What: "redis", RetryAfter: redisRetry,
-				Message: "quotas cannot be checked: Redis is unreachable and quota.on_redis_error is closed"}
+				Message: "quotas cannot be checked: Redis is unreachable and quota.on_redis_error is closed"}, piped
 		}
 		d.Local = true
 	}
 	o, _ := e.local.admit(ctx, key, p, e.o.Now().UnixMicro())
 	d.lim = e.local
 	p.decide(o, &d)
-	return d
+	return d, piped
 }
 
 // Refund gives back the execution an admitted request was counted for,
