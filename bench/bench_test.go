@@ -216,3 +216,143 @@ flowgate_requests_total{method="POST",route="prediction",status="200"} 11
 		t.Errorf("a miss during the run accepted: %v", err)
 	}
 }
+
+// The quota targets' configs parse; the quota is on for the benchmark's
+// flow only, never refuses in a run, and Redis is set only for the Redis
+// target. Every flowgate gets its own store directory.
+func TestQuotaTargetConfig(t *testing.T) {
+	base := flowgateConf(18080, 18090, "http://127.0.0.1:3000", true)
+	for _, withRedis := range []bool{false, true} {
+		text := base + flowgateQuotaSection(flowID)
+		if withRedis {
+			text += flowgateRedisSection("127.0.0.1:16379")
+		}
+		c, err := config.Parse([]byte(text), "flowgate.yaml")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, text)
+		}
+		p, ok := c.Quota.Workflows[flowID]
+		if !ok || len(c.Quota.Workflows) != 1 || !c.Quota.Default.IsZero() {
+			t.Fatalf("quota %+v", c.Quota)
+		}
+		if p.Rate == nil || p.Rate.Limit != quotaRate || p.Rate.Per.D() != time.Second || p.PerCaller != "" {
+			t.Errorf("rate %+v, per_caller %q", p.Rate, p.PerCaller)
+		}
+		if len(p.Budgets) != 1 || p.Budgets[0].Executions != quotaExecutions || p.Budgets[0].Window.D() != 24*time.Hour {
+			t.Errorf("budgets %+v", p.Budgets)
+		}
+		if want := map[bool]string{false: "", true: "127.0.0.1:16379"}[withRedis]; c.Redis.Addr != want {
+			t.Errorf("redis.addr %q, want %q", c.Redis.Addr, want)
+		}
+		if c.Cache.AnyEnabled() {
+			t.Error("the cache is on")
+		}
+	}
+	for _, k := range []string{quotaTarget, quotaRedisTarget} {
+		if !slices.Contains(allTargets, k) || !jsonOnly(k) || !isQuota(k) || !slices.Contains(knownTargets, k) {
+			t.Errorf("%s: in the default targets, JSON scenario only", k)
+		}
+	}
+	if isQuota("flowgate") || isQuota(cacheTarget) {
+		t.Error("isQuota of a target without a quota")
+	}
+	e := &env{flowgateEnv: []string{"GOGC=400"}}
+	a, b := e.flowgateEnvFor("/run/flowgate"), e.flowgateEnvFor("/run/flowgate-quota")
+	if a[0] != "FLOWGATE_METERING_STORE_DIR=/run/flowgate/state" || b[0] == a[0] || a[len(a)-1] != "GOGC=400" {
+		t.Errorf("store dirs %q, %q", a, b)
+	}
+}
+
+func TestParseMetricSums(t *testing.T) {
+	text := `# HELP flowgate_quota_rejections_total ...
+# TYPE flowgate_quota_rejections_total counter
+flowgate_quota_rejections_total{reason="rate_limited",workflow_id="a"} 3
+flowgate_quota_rejections_total{reason="quota_exceeded",workflow_id="b"} 1e+00
+flowgate_quota_rejections_total_other 7
+flowgate_requests_total{method="POST",route="prediction",status="200"} 11
+`
+	got, err := parseMetricSums(strings.NewReader(text), quotaMetrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["flowgate_quota_rejections_total"] != 4 || got["flowgate_quota_redis_errors_total"] != 0 || len(got) != 2 {
+		t.Errorf("sums %v", got)
+	}
+	if err := quotaMoved(got, got); err != nil {
+		t.Errorf("nothing moved: %v", err)
+	}
+	after := map[string]float64{"flowgate_quota_rejections_total": 4, "flowgate_quota_redis_errors_total": 2}
+	if err := quotaMoved(got, after); err == nil || !strings.Contains(err.Error(), "redis_errors_total +2") {
+		t.Errorf("a Redis error accepted: %v", err)
+	}
+}
+
+func TestParseCommandStats(t *testing.T) {
+	info := "# Commandstats\r\n" +
+		"cmdstat_evalsha:calls=1001,usec=9000,usec_per_call=8.99,rejected_calls=0,failed_calls=1\r\n" +
+		"cmdstat_eval:calls=1,usec=80,usec_per_call=80.00,rejected_calls=0,failed_calls=0\r\n" +
+		"cmdstat_hincrby:calls=3000,usec=3000,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n" +
+		"cmdstat_exec:calls=5,usec=50,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n" +
+		"cmdstat_info:calls=9,usec=900,usec_per_call=100.00,rejected_calls=0,failed_calls=0\r\n"
+	c, err := parseCommandStats(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Admits != 1001 || c.Transactions != 5 || c.Commands != 1001+1+3000+5 {
+		t.Errorf("counts %+v", c)
+	}
+	d := redisCounts{Admits: 1100}.since(redisCounts{Admits: 100})
+	if err := d.oneAdmitEach(1000, 64); err != nil {
+		t.Errorf("one admit per request refused: %v", err)
+	}
+	if err := d.oneAdmitEach(1001, 64); err == nil {
+		t.Error("fewer admits than requests accepted")
+	}
+	if err := d.oneAdmitEach(1000-128, 64); err != nil {
+		t.Errorf("the tails of the warm-up and of the run refused: %v", err)
+	}
+	if err := d.oneAdmitEach(500, 64); err == nil {
+		t.Error("two admits per request accepted")
+	}
+	if _, err := parseCommandStats("# Server\r\n"); err == nil {
+		t.Error("an answer without commandstats accepted")
+	}
+}
+
+// The quota paragraph pairs rounds and gives Redis admits per request.
+func TestRenderQuota(t *testing.T) {
+	round := func(n int, cpu float64, reqs int64, rd *redisDelta) jsonRound {
+		r := jsonRound{Round: n, CPUus: f64(cpu), Wrk: wrkOut{Requests: reqs, DurationUS: 8e6}, Redis: rd}
+		if rd != nil {
+			r.RedisCPUus = f64(rd.CPUus / float64(reqs))
+		}
+		return r
+	}
+	agg := func(rs ...jsonRound) *jsonAgg {
+		a := &jsonAgg{Rounds: rs}
+		var cpu, rc []float64
+		for _, r := range rs {
+			cpu = append(cpu, float64(r.CPUus))
+			if r.Redis != nil {
+				rc = append(rc, float64(r.RedisCPUus))
+			}
+		}
+		a.CPU, a.Redis = spreadOf(cpu), spreadOf(rc)
+		return a
+	}
+	rep := report{JSON: map[string]*jsonAgg{
+		"nginx":          agg(round(1, 20, 1000, nil), round(2, 20, 1000, nil)),
+		"flowgate":       agg(round(1, 50, 1000, nil), round(2, 60, 1000, nil)),
+		quotaTarget:      agg(round(1, 52, 1000, nil), round(2, 59, 1000, nil)),
+		quotaRedisTarget: agg(round(1, 70, 1000, &redisDelta{Admits: 1000, Transactions: 80, CPUus: 20000}), round(2, 72, 1000, &redisDelta{Admits: 1010, Transactions: 80, CPUus: 22000})),
+	}}
+	out := rep.renderQuota()
+	for _, want := range []string{
+		"| on, in the process | 55.5 µs (52.0–59.0) | 2.77 | +0.5 µs (-1.0–2.0) |",
+		"| on, in Redis | 71.0 µs (70.0–72.0) | 3.55 | +16.0 µs (12.0–20.0) | 21.0 µs (20.0–22.0) | 1.0050 (2,010 for 2,000 requests) | 10 |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -1,7 +1,7 @@
 // Command bench measures flowgate against nginx and Caddy in front of the
 // same fakeflow upstream, on this machine, in one run:
 //
-//	go run ./bench            # full run, about 6 minutes
+//	go run ./bench            # full run, about 7 minutes
 //	go run ./bench -quick     # smoke run: 1 round of 3 s, 500 held streams
 //	go run ./bench -profile   # also CPU, allocation and per-stream heap profiles of flowgate
 //
@@ -12,7 +12,9 @@
 //   - JSON throughput: wrk, keep-alive, fixed connections, a small
 //     prediction POST; requests/s, p50 and p99 latency, CPU per request;
 //     also flowgate answering the same input from its cache (every
-//     request after the first a hit, checked);
+//     request after the first a hit, checked), and flowgate with a quota
+//     on the flow, in the process and in Redis (every request admitted
+//     and, with Redis, one admit script per request, checked);
 //   - moderate load: fixed rates (30% of the slowest proxy's throughput, and
 //     30% of nginx's) from an open-loop client; latency added over direct;
 //   - streaming: fakeflow stamps each token frame with its write time, the
@@ -38,6 +40,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -87,7 +90,9 @@ func run() int {
 	flag.IntVar(&o.conns, "conns", 64, "wrk keep-alive connections")
 	flag.IntVar(&o.threads, "threads", 2, "wrk threads")
 	flag.StringVar(&only, "only", "json,rate,stream,memory", "scenarios: json, rate, stream, memory")
-	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "targets: direct, nginx, caddy, flowgate, flowgate-cache (a second flowgate serving cache hits; JSON scenario only), and httputil (a bare httputil.ReverseProxy, for reference)")
+	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "targets: direct, nginx, caddy, flowgate, flowgate-cache (a second flowgate serving cache hits; JSON scenario only), "+
+		"flowgate-quota and flowgate-quota-redis (flowgate with a quota that never refuses, counted in the process or in a redis-server the harness starts; JSON scenario only), "+
+		"and httputil (a bare httputil.ReverseProxy, for reference)")
 	flag.IntVar(&o.rate, "rate", 0, "requests/s of the moderate-load scenario (0: 30% of the slowest proxy's and 30% of nginx's measured throughput)")
 	flag.DurationVar(&o.rateDur, "rate-duration", 5*time.Second, "moderate-load duration per target per round")
 	flag.IntVar(&o.rateConns, "rate-conns", 32, "moderate-load keep-alive connections")
@@ -154,7 +159,7 @@ func logf(format string, args ...any) {
 func bench(o options) error {
 	began := time.Now()
 	raiseNoFile()
-	if err := ensureTools(o.install); err != nil {
+	if err := ensureTools(o.install, needsRedis(o)); err != nil {
 		return err
 	}
 	dir := o.out
@@ -169,9 +174,9 @@ func bench(o options) error {
 	dir, _ = filepath.Abs(dir)
 	logf("output directory %s", dir)
 
-	// The embedded usage ledger of the flowgate under test lives with the
-	// run's other files, not in /var/lib/flowgate.
-	e := &env{dir: dir, flowgateEnv: append([]string{"FLOWGATE_METERING_STORE_DIR=" + filepath.Join(dir, "state")}, o.flowgateEnv...), flowgateAccessLog: o.flowgateAccessLog}
+	// Each flowgate's embedded usage ledger lives in its own directory of
+	// the run (env.flowgateEnvFor), not in /var/lib/flowgate.
+	e := &env{dir: dir, flowgateEnv: o.flowgateEnv, flowgateAccessLog: o.flowgateAccessLog}
 	if err := e.build(); err != nil {
 		return err
 	}
@@ -246,6 +251,7 @@ func bench(o options) error {
 			t.p.stop()
 		}
 	}
+	e.stopRedis()
 	if o.only["memory"] {
 		rep.Memory = memoryScenario(e, o)
 	}
@@ -308,14 +314,23 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(gomod), nil
 }
 
+// needsRedis reports whether the run measures flowgate-quota-redis.
+func needsRedis(o options) bool {
+	return o.only["json"] && slices.Contains(o.targets, quotaRedisTarget)
+}
+
 // ensureTools installs wrk, nginx and caddy from Debian's packages when
-// they are missing.
-func ensureTools(install bool) error {
+// they are missing, and redis-server when withRedis.
+func ensureTools(install, withRedis bool) error {
 	if !strings.Contains(":"+os.Getenv("PATH")+":", ":/usr/sbin:") {
 		os.Setenv("PATH", os.Getenv("PATH")+":/usr/sbin") // nginx lives there
 	}
 	var missing []string
-	for _, t := range []string{"wrk", "nginx", "caddy"} {
+	tools := []string{"wrk", "nginx", "caddy"}
+	if withRedis {
+		tools = append(tools, "redis-server") // the command and Debian's package have one name
+	}
+	for _, t := range tools {
 		if _, err := exec.LookPath(t); err != nil {
 			missing = append(missing, t)
 		}

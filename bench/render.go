@@ -7,12 +7,14 @@ import (
 )
 
 var targetLabel = map[string]string{
-	"direct":    "direct to fakeflow (the ceiling)",
-	"nginx":     "nginx",
-	"caddy":     "Caddy",
-	"flowgate":  "flowgate (metrics + access log on; quotas: n/a (not built yet); cache off)",
-	cacheTarget: "flowgate serving cache hits",
-	"httputil":  "bare httputil.ReverseProxy (reference floor for a Go proxy)",
+	"direct":         "direct to fakeflow (the ceiling)",
+	"nginx":          "nginx",
+	"caddy":          "Caddy",
+	"flowgate":       "flowgate (metrics + access log + metering on; quotas off; cache off)",
+	cacheTarget:      "flowgate serving cache hits",
+	quotaTarget:      "flowgate, quota on (counted in the process)",
+	quotaRedisTarget: "flowgate, quota on (counted in Redis)",
+	"httputil":       "bare httputil.ReverseProxy (reference floor for a Go proxy)",
 }
 
 func (rep *report) render(o options) string {
@@ -73,6 +75,9 @@ func (rep *report) render(o options) string {
 				"came back with `X-Cache: HIT` before the run, and during the run flowgate's `flowgate_cache_requests_total` counted %s hits "+
 				"(over the rounds) for %s requests completed by wrk, and no miss, refresh, bypass or coalesced answer; the fakeflow CPU/req column is what still "+
 				"reached fakeflow (health probes).\n", flowID, fmtInt(float64(hits)), fmtInt(float64(reqs)))
+		}
+		if rep.JSON[quotaTarget] != nil || rep.JSON[quotaRedisTarget] != nil {
+			b.WriteString(rep.renderQuota())
 		}
 	}
 
@@ -194,4 +199,97 @@ func firstWords(s string, n int) string {
 		f = f[:n]
 	}
 	return strings.Join(f, " ")
+}
+
+// renderQuota explains the quota targets' rows and gives their CPU per
+// request over plain flowgate's, paired by round.
+func (rep *report) renderQuota() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n\"flowgate, quota on\" is flowgate configured as the plain one plus "+
+		"`quota: {workflows: {%q: {rate: {limit: %d, per: 1s}, budgets: [{window: 24h, executions: %d}]}}}` "+
+		"(the whole workflow, no per_caller), so every request is checked and counted against a rate and a budget and none is refused; "+
+		"\"counted in Redis\" adds `redis: {addr: ...}`, a redis-server the harness started (no persistence, loopback), which then also holds "+
+		"the usage ledger. All three flowgate rows meter every run (classic chatflow answers: tokens estimated by the tokenizer in a worker, "+
+		"the ledger in the embedded store or Redis). Checked in every round: a request sent as wrk sends it was admitted with RateLimit headers, "+
+		"and flowgate counted no refusal and no failed Redis call during the run.\n\n", flowID, quotaRate, quotaExecutions)
+	t := &table{head: []string{"quota", "flowgate CPU/req", "× nginx", "over quotas off (paired by round)", "redis-server CPU/req", "Redis admits per request", "ledger transactions/s"}}
+	ng, off := rep.JSON["nginx"], rep.JSON["flowgate"]
+	for _, name := range []string{"flowgate", quotaTarget, quotaRedisTarget} {
+		a := rep.JSON[name]
+		if a == nil {
+			continue
+		}
+		n := len(a.Rounds)
+		label := map[string]string{"flowgate": "off", quotaTarget: "on, in the process", quotaRedisTarget: "on, in Redis"}[name]
+		over, rcpu, admits, tx := "–", "–", "–", "–"
+		if name != "flowgate" && off != nil {
+			if d := pairedCPU(a, off); len(d) > 0 {
+				over = fmtSpreadUS1(spreadOf(d), len(d))
+				if !strings.HasPrefix(over, "-") {
+					over = "+" + over
+				}
+			}
+		}
+		if name == quotaRedisTarget {
+			rcpu = fmtSpreadUS1(a.Redis, n)
+			var ad, req, txs int64
+			var secs float64
+			for _, r := range a.Rounds {
+				if r.Redis != nil {
+					ad, txs = ad+r.Redis.Admits, txs+r.Redis.Transactions
+					req += r.Wrk.Requests
+					secs += float64(r.Wrk.DurationUS) / 1e6
+				}
+			}
+			if req > 0 {
+				admits = fmt.Sprintf("%.4f (%s for %s requests)", float64(ad)/float64(req), fmtInt(float64(ad)), fmtInt(float64(req)))
+			}
+			if secs > 0 {
+				tx = fmt.Sprintf("%.0f", float64(txs)/secs)
+			}
+		}
+		cpuRatio := "–"
+		if ng != nil {
+			cpuRatio = ratio(a.CPU.Med, ng.CPU.Med)
+		}
+		t.add(label, fmtSpreadUS1(a.CPU, n), cpuRatio, over, rcpu, admits, tx)
+	}
+	b.WriteString(t.String())
+	b.WriteString("\n\"over quotas off\" is, in each round, the quota row's CPU per request minus plain flowgate's in the same round " +
+		"(median over rounds, min–max); a signed value, since the rows' own spread is of the same order. " +
+		"Admits are the EVALSHA/EVAL calls redis-server counted (INFO commandstats): one round trip per request; " +
+		"the ledger's transactions are its batched writes, off the request path.\n")
+	return b.String()
+}
+
+// pairedCPU is a's CPU per request minus base's, round by round.
+func pairedCPU(a, base *jsonAgg) []float64 {
+	byRound := map[int]float64{}
+	for _, r := range base.Rounds {
+		if !math.IsNaN(float64(r.CPUus)) {
+			byRound[r.Round] = float64(r.CPUus)
+		}
+	}
+	var out []float64
+	for _, r := range a.Rounds {
+		if v, ok := byRound[r.Round]; ok && !math.IsNaN(float64(r.CPUus)) {
+			out = append(out, float64(r.CPUus)-v)
+		}
+	}
+	return out
+}
+
+// fmtUS1 is fmtUS with one decimal under 100 µs: quota costs are a few µs.
+func fmtUS1(us float64) string {
+	if !math.IsNaN(us) && math.Abs(us) < 100 {
+		return fmt.Sprintf("%.1f µs", us)
+	}
+	return fmtUS(us)
+}
+
+func fmtSpreadUS1(s spread, rounds int) string {
+	if rounds <= 1 {
+		return fmtUS1(s.Med)
+	}
+	return fmt.Sprintf("%s (%s–%s)", fmtUS1(s.Med), trimUnit(fmtUS1(s.Min)), trimUnit(fmtUS1(s.Max)))
 }

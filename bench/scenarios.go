@@ -35,11 +35,17 @@ type jsonRound struct {
 	// Cache is what the cache-hit target's metrics counted during the
 	// measured run (nil for the other targets).
 	Cache *cacheDelta `json:",omitempty"`
+	// Redis is what flowgate-quota-redis's redis-server counted during
+	// the measured run (nil for the other targets); RedisCPUus is its CPU
+	// per request.
+	Redis      *redisDelta `json:",omitempty"`
+	RedisCPUus f64         `json:",omitempty"`
 }
 
 type jsonAgg struct {
 	Rounds                 []jsonRound
 	RPS, P50, P99, CPU, Up spread
+	Redis                  spread // redis-server's CPU per request (flowgate-quota-redis)
 	Errors                 int64
 }
 
@@ -56,6 +62,12 @@ func jsonScenario(e *env, ts []*target, o options) (map[string]*jsonAgg, error) 
 					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
 				}
 			}
+			if isQuota(t.name) {
+				// Admitted, with the quota's headers: the quota is on.
+				if err := probeQuota(t.url); err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+			}
 			if _, err := runWrk(ctx, e.dir, t.url, o.threads, o.conns, time.Second); err != nil { // warm-up
 				logf("%s warm-up: %v", t.name, err)
 			}
@@ -64,6 +76,19 @@ func jsonScenario(e *env, ts []*target, o options) (map[string]*jsonAgg, error) 
 				var err error
 				if c0, err = readCacheCounts(t.metricsURL); err != nil {
 					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+			}
+			var q0 map[string]float64
+			var r0 redisCounts
+			if isQuota(t.name) {
+				var err error
+				if q0, err = readMetricSums(t.metricsURL, quotaMetrics); err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+				if t.redis != nil {
+					if r0, err = t.redis.counts(); err != nil {
+						return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+					}
 				}
 			}
 			var cpu0 time.Duration
@@ -88,11 +113,34 @@ func jsonScenario(e *env, ts []*target, o options) (map[string]*jsonAgg, error) 
 					return nil, fmt.Errorf("%s round %d: wrk's requests were not all cache hits: %w", t.name, r+1, err)
 				}
 			}
+			if isQuota(t.name) {
+				q1, err := readMetricSums(t.metricsURL, quotaMetrics)
+				if err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+				if err := quotaMoved(q0, q1); err != nil {
+					return nil, fmt.Errorf("%s round %d: not every request was admitted by the quota as configured: %w", t.name, r+1, err)
+				}
+				if t.redis != nil {
+					r1, err := t.redis.counts()
+					if err != nil {
+						return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+					}
+					d := r1.since(r0)
+					jr.Redis = &d
+					if err := d.oneAdmitEach(w.Requests, int64(o.conns)); err != nil {
+						return nil, fmt.Errorf("%s round %d: not one Redis admit per request: %w", t.name, r+1, err)
+					}
+				}
+			}
 			if w.Requests > 0 {
 				if t.p != nil {
 					jr.CPUus = f64(us(t.p.cpuTime()-cpu0) / float64(w.Requests))
 				}
 				jr.UpCPUus = us(e.up.cpuTime()-up0) / float64(w.Requests)
+				if jr.Redis != nil {
+					jr.RedisCPUus = f64(jr.Redis.CPUus / float64(w.Requests))
+				}
 			}
 			a := agg[t.name]
 			if a == nil {
@@ -101,12 +149,12 @@ func jsonScenario(e *env, ts []*target, o options) (map[string]*jsonAgg, error) 
 			}
 			a.Rounds = append(a.Rounds, jr)
 			a.Errors += w.errors()
-			logf("  %-8s round %d: %s req/s  p50 %s  p99 %s  proxy CPU %s/req  errors %d%s",
-				t.name, r+1, fmtInt(jr.RPS), fmtUS(w.P50), fmtUS(w.P99), fmtUS(float64(jr.CPUus)), w.errors(), jr.Cache.String())
+			logf("  %-8s round %d: %s req/s  p50 %s  p99 %s  proxy CPU %s/req  errors %d%s%s",
+				t.name, r+1, fmtInt(jr.RPS), fmtUS(w.P50), fmtUS(w.P99), fmtUS(float64(jr.CPUus)), w.errors(), jr.Cache.String(), jr.Redis.String())
 		}
 	}
 	for _, a := range agg {
-		var rps, p50, p99, cpu, up []float64
+		var rps, p50, p99, cpu, up, rcpu []float64
 		for _, r := range a.Rounds {
 			rps = append(rps, r.RPS)
 			p50 = append(p50, r.Wrk.P50)
@@ -115,8 +163,12 @@ func jsonScenario(e *env, ts []*target, o options) (map[string]*jsonAgg, error) 
 				cpu = append(cpu, float64(r.CPUus))
 			}
 			up = append(up, r.UpCPUus)
+			if r.Redis != nil {
+				rcpu = append(rcpu, float64(r.RedisCPUus))
+			}
 		}
 		a.RPS, a.P50, a.P99, a.CPU, a.Up = spreadOf(rps), spreadOf(p50), spreadOf(p99), spreadOf(cpu), spreadOf(up)
+		a.Redis = spreadOf(rcpu)
 	}
 	return agg, nil
 }
@@ -295,7 +347,7 @@ func profileScenario(e *env, o options) (*profileOut, error) {
 		return nil, err
 	}
 	p, err := startProc("flowgate-profiled", e.flowgate, []string{"-config", conf, "-pprof", fmt.Sprintf("127.0.0.1:%d", pport)},
-		e.flowgateEnv, filepath.Join(dir, "access.log"), false)
+		e.flowgateEnvFor(dir), filepath.Join(dir, "access.log"), false)
 	if err != nil {
 		return nil, err
 	}

@@ -10,12 +10,16 @@ import (
 
 // A target is one way to reach fakeflow: directly, or through a proxy.
 type target struct {
-	name string // direct, nginx, caddy, flowgate, flowgate-cache, httputil
+	name string // direct, nginx, caddy, flowgate, flowgate-cache, flowgate-quota, flowgate-quota-redis, httputil
 	url  string // http://127.0.0.1:port
 	p    *proc  // the proxy process; nil for direct (then up is measured)
 	// metricsURL is flowgate's /metrics ("" for the others): the
-	// cache-hit target's hits and misses are counted there.
+	// cache-hit target's hits and misses are counted there, and the quota
+	// targets' refusals and Redis errors.
 	metricsURL string
+	// redis is the redis-server behind flowgate-quota-redis (nil for the
+	// others).
+	redis *redisServer
 }
 
 // cacheTarget is a second flowgate with the cache on for the benchmark's
@@ -23,8 +27,25 @@ type target struct {
 // part in the JSON throughput scenario only.
 const cacheTarget = "flowgate-cache"
 
+// The quota targets are flowgate with a quota on the benchmark's flow that
+// never refuses during a run (see flowgateQuotaSection): quotaTarget keeps
+// its counts in the process, quotaRedisTarget in a redis-server the harness
+// starts (its usage ledger too). Beside plain flowgate (quotas off) they
+// give the CPU per request of the quota check. They take part in the JSON
+// scenario only: a quota is checked once per request before it goes
+// upstream, so a stream's frames do not pass through it.
+const (
+	quotaTarget      = "flowgate-quota"
+	quotaRedisTarget = "flowgate-quota-redis"
+)
+
 // jsonOnly reports whether a target is measured in the JSON scenario only.
-func jsonOnly(name string) bool { return name == cacheTarget }
+func jsonOnly(name string) bool {
+	return name == cacheTarget || name == quotaTarget || name == quotaRedisTarget
+}
+
+// isQuota reports whether a target is one of the quota targets.
+func isQuota(name string) bool { return name == quotaTarget || name == quotaRedisTarget }
 
 const (
 	flowID      = "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11"
@@ -45,12 +66,24 @@ type env struct {
 
 	flowgateEnv       []string
 	flowgateAccessLog bool
+
+	// redis is the redis-server of quotaRedisTarget, started with the
+	// first such target and stopped with the last.
+	redis *redisServer
 }
 
-var allTargets = []string{"direct", "nginx", "caddy", "flowgate", cacheTarget}
+// flowgateEnvFor is the environment of a flowgate whose files are in dir:
+// its embedded usage ledger lives there too (each flowgate needs its own,
+// bbolt locks the file), not in /var/lib/flowgate. -flowgate-env comes
+// last, so it can move it.
+func (e *env) flowgateEnvFor(dir string) []string {
+	return append([]string{"FLOWGATE_METERING_STORE_DIR=" + filepath.Join(dir, "state")}, e.flowgateEnv...)
+}
+
+var allTargets = []string{"direct", "nginx", "caddy", "flowgate", cacheTarget, quotaTarget, quotaRedisTarget}
 
 // knownTargets are the rows a table may have, in order.
-var knownTargets = []string{"direct", "nginx", "caddy", "flowgate", cacheTarget, "httputil"}
+var knownTargets = []string{"direct", "nginx", "caddy", "flowgate", cacheTarget, quotaTarget, quotaRedisTarget, "httputil"}
 
 // startTarget starts a fresh proxy of the given kind in front of e.upAddr.
 // tag keeps file names apart when one kind is started more than once.
@@ -69,6 +102,7 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	var p *proc
 	var metricsURL string
+	var rs *redisServer
 	switch kind {
 	case "nginx":
 		conf := filepath.Join(dir, "nginx.conf")
@@ -85,15 +119,23 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		p, err = startProc(kind, "caddy", []string{"run", "--config", conf, "--adapter", "caddyfile"},
 			[]string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir},
 			filepath.Join(dir, "caddy.log"), false)
-	case "flowgate", cacheTarget:
+	case "flowgate", cacheTarget, quotaTarget, quotaRedisTarget:
 		conf := filepath.Join(dir, "flowgate.yaml")
 		mport, err := freePort()
 		if err != nil {
 			return nil, err
 		}
 		text := flowgateConf(port, mport, e.upURL, e.flowgateAccessLog)
-		if kind == cacheTarget {
+		switch kind {
+		case cacheTarget:
 			text += flowgateCacheSection(flowID)
+		case quotaTarget:
+			text += flowgateQuotaSection(flowID)
+		case quotaRedisTarget:
+			if rs, err = e.startRedis(); err != nil {
+				return nil, err
+			}
+			text += flowgateQuotaSection(flowID) + flowgateRedisSection(rs.addr)
 		}
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return nil, err
@@ -101,7 +143,7 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", mport)
 		// stdout carries the JSON access log: it goes to a file on disk,
 		// like nginx's and Caddy's.
-		p, err = startProc(kind, e.flowgate, []string{"-config", conf}, e.flowgateEnv, filepath.Join(dir, "access.log"), false)
+		p, err = startProc(kind, e.flowgate, []string{"-config", conf}, e.flowgateEnvFor(dir), filepath.Join(dir, "access.log"), false)
 	case "httputil":
 		p, err = startProc(kind, e.self, []string{"serve-plain", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-upstream", e.upURL},
 			nil, filepath.Join(dir, "stdout.log"), false)
@@ -115,7 +157,7 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		p.stop()
 		return nil, fmt.Errorf("%s: %w (logs in %s)", kind, err, dir)
 	}
-	return &target{name: kind, url: url, p: p, metricsURL: metricsURL}, nil
+	return &target{name: kind, url: url, p: p, metricsURL: metricsURL, redis: rs}, nil
 }
 
 // nginxConf is a production Flowise nginx.conf, pointed at loopback ports
@@ -252,7 +294,9 @@ http://:{PORT} {
 }
 
 // flowgateConf: metrics and access logs on (the defaults), admin off, the
-// cache off (its default), quotas do not exist yet.
+// cache off and no quota (their defaults), metering on (its default: every
+// Flowise run's answer is metered and priced, the usage ledger written to
+// the embedded store, see flowgateEnvFor).
 func flowgateConf(port, metricsPort int, upURL string, accessLog bool) string {
 	return fmt.Sprintf(`server:
   listen: "127.0.0.1:%d"
@@ -273,4 +317,32 @@ func flowgateCacheSection(workflow string) string {
   workflows:
     %q: {enabled: true, ttl: 1h}
 `, workflow)
+}
+
+// Quota of the quota targets: a rate of a billion requests per second and
+// a budget of a trillion executions per 24 h, for the whole workflow (no
+// per_caller), so every request goes the whole admitted path (the rate's
+// token bucket and the budget window checked and counted) and none is
+// refused during a run.
+const (
+	quotaRate       = 1_000_000_000
+	quotaExecutions = 1_000_000_000_000
+)
+
+// flowgateQuotaSection puts that quota on one workflow; the others stay
+// unlimited.
+func flowgateQuotaSection(workflow string) string {
+	return fmt.Sprintf(`quota:
+  workflows:
+    %q:
+      rate: {limit: %d, per: 1s}
+      budgets:
+        - {window: 24h, executions: %d}
+`, workflow, quotaRate, quotaExecutions)
+}
+
+// flowgateRedisSection points flowgate at the harness's redis-server: the
+// quota's counts and the usage ledger go there (the cache stays off).
+func flowgateRedisSection(addr string) string {
+	return fmt.Sprintf("redis:\n  addr: %q\n", addr)
 }

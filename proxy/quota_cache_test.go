@@ -149,4 +149,3 @@ func contains(s []string, v string) bool {
 	}
 	return false
 }
-
