@@ -20,8 +20,8 @@ import (
 // shared, so replicas together admit exactly the limits.
 type Quota struct {
 	// OnRedisError says what happens while Redis cannot be reached: "open"
-	// serves and enforces the limits in this process alone (counted in
-	// flowgate_quota_redis_fallback_total); "closed" answers 503
+	// serves and enforces the limits in this process alone (Redis failures
+	// are counted in flowgate_quota_redis_errors_total); "closed" answers 503
 	// quota_unavailable. Default open.
 	OnRedisError string `yaml:"on_redis_error"`
 	// Default is the policy of workflows not listed. Default {}: unlimited.

@@ -133,7 +133,7 @@ func one(seg, route string, kind Kind, runs bool) Info {
 // invalidations use it, so one flow has one set of entries.
 func CanonicalID(id string) string {
 	if len(id) != 36 {
-		return id
+		return otherUUIDForm(id)
 	}
 	lower := true
 	for i := 0; i < len(id); i++ {
@@ -141,7 +141,7 @@ func CanonicalID(id string) string {
 		switch {
 		case i == 8 || i == 13 || i == 18 || i == 23:
 			if c != '-' {
-				return id
+				return otherUUIDForm(id)
 			}
 		case c >= '0' && c <= '9' || c >= 'a' && c <= 'f':
 		case c >= 'A' && c <= 'F':
@@ -154,4 +154,46 @@ func CanonicalID(id string) string {
 		return id
 	}
 	return strings.ToLower(id)
+}
+
+// otherUUIDForm canonicalises the other spellings of a UUID that Postgres
+// accepts for the same row (no hyphens, braces, a hyphen after any group
+// of four digits): Flowise on Postgres runs the flow whichever is sent,
+// so a policy or a cache entry must not be escaped by respelling its id.
+// Anything else is returned as it is.
+func otherUUIDForm(id string) string {
+	s := id
+	if len(s) >= 2 && s[0] == '{' && s[len(s)-1] == '}' {
+		s = s[1 : len(s)-1]
+	}
+	if len(s) < 32 || len(s) > 39 {
+		return id
+	}
+	var hex [32]byte
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '-':
+			// Postgres: a hyphen may follow any group of four digits.
+			if n == 0 || n%4 != 0 || i+1 == len(s) || s[i+1] == '-' {
+				return id
+			}
+			continue
+		case c >= '0' && c <= '9' || c >= 'a' && c <= 'f':
+		case c >= 'A' && c <= 'F':
+			c += 'a' - 'A'
+		default:
+			return id
+		}
+		if n == 32 {
+			return id
+		}
+		hex[n] = c
+		n++
+	}
+	if n != 32 {
+		return id
+	}
+	return string(hex[:8]) + "-" + string(hex[8:12]) + "-" + string(hex[12:16]) + "-" + string(hex[16:20]) + "-" + string(hex[20:])
 }

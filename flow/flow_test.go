@@ -61,6 +61,18 @@ func TestCanonicalID(t *testing.T) {
 		"6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11": "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11",
 		"My-Flow":                              "My-Flow",
 		"6D0A2B7E-6C1F-4B0E-9A43-2F1F0C3F9B1G": "6D0A2B7E-6C1F-4B0E-9A43-2F1F0C3F9B1G",
+		// Postgres's other spellings of the same UUID.
+		"6D0A2B7E6C1F4B0E9A432F1F0C3F9B11":        "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11",
+		"{6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11}":  "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11",
+		"6d0a-2b7e-6c1f-4b0e-9a43-2f1f-0c3f-9b11": "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11",
+		"{6D0A2B7E6C1F4B0E9A432F1F0C3F9B11}":      "6d0a2b7e-6c1f-4b0e-9a43-2f1f0c3f9b11",
+		// Not UUIDs: left alone.
+		"6d0a2b7e6c1f4b0e9a432f1f0c3f9b1":    "6d0a2b7e6c1f4b0e9a432f1f0c3f9b1",
+		"6d0a2b7e6c1f4b0e9a432f1f0c3f9b111":  "6d0a2b7e6c1f4b0e9a432f1f0c3f9b111",
+		"-6d0a2b7e6c1f4b0e9a432f1f0c3f9b11":  "-6d0a2b7e6c1f4b0e9a432f1f0c3f9b11",
+		"6d0a2b7e6c1f4b0e9a432f1f0c3f9b11-":  "6d0a2b7e6c1f4b0e9a432f1f0c3f9b11-",
+		"6d0a2-b7e6c1f4b0e9a432f1f0c3f9b11":  "6d0a2-b7e6c1f4b0e9a432f1f0c3f9b11",
+		"6d0a--2b7e6c1f4b0e9a432f1f0c3f9b11": "6d0a--2b7e6c1f4b0e9a432f1f0c3f9b11",
 	} {
 		if got := CanonicalID(in); got != want {
 			t.Errorf("CanonicalID(%q) = %q, want %q", in, got, want)

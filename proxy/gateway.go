@@ -665,8 +665,11 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 	if g.access != nil {
 		g.logAccess(r, st, end, d)
 	}
+	if g.quota != nil {
+		g.quotaFinish(st)
+	}
 	if g.meter != nil {
-		g.meterFinish(st, end, d)
+		g.meterFinish(r, st, end, d)
 	}
 	st.bodyBuf.release()
 	*st = reqState{}

@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/internal/jsonx"
 	"github.com/flowgate/flowgate/ledger"
 	"github.com/flowgate/flowgate/metering"
 	"github.com/flowgate/flowgate/quota"
@@ -20,15 +22,20 @@ import (
 // chatflows, costs milliseconds), adds it to the ledger, settles the
 // quota's token and cost budgets and counts the metrics.
 
-// meterJob is one finished run on its way to the worker.
+// meterJob is one finished request on its way to the worker: a run (with
+// its Meter when it was a metered Flowise answer), a cache hit, or both
+// none (an unmetered run: Langflow, a 5xx).
 type meterJob struct {
-	m        *metering.Meter // nil: a record without metering (a hit, a refusal)
-	workflow string
-	caller   string
-	end      time.Time
-	dur      time.Duration
-	decision quota.Decision
-	quotaOn  bool
+	m         *metering.Meter // nil: nothing metered
+	hit       bool
+	workflow  string
+	caller    string
+	requestID string
+	status    int
+	end       time.Time
+	dur       time.Duration
+	decision  quota.Decision
+	quotaOn   bool
 }
 
 var meterPool = sync.Pool{New: func() any { return new(metering.Meter) }}
@@ -40,7 +47,7 @@ const meterQueue = 4096
 // maxMeteredEvent is what the stream parser keeps of one event while
 // metering: Agentflow's agentFlowExecutedData repeats every node so far,
 // with inputs and chat histories, and an event cut short cannot be read.
-const maxMeteredEvent = 4 << 20
+const maxMeteredEvent = 1 << 20
 
 // metering is the gateway's metering state.
 type meteringState struct {
@@ -67,9 +74,17 @@ func newMeteringState(c config.Metering, prices *metering.Prices) *meteringState
 	}
 }
 
-// meterStart gives a Flowise run's answer a Meter (modifyResponse).
+// meterStart gives a Flowise run's answer a Meter (modifyResponse). MCP
+// answers are JSON-RPC, not predictions: they are counted, not metered.
 func (g *Gateway) meterStart(res *http.Response, st *reqState) {
-	if g.meter == nil || st.info.Kind != flow.Flowise || !st.info.Runs ||
+	if st.meter != nil {
+		// One answer per request reaches here; should a later hook fail
+		// and the request try again, the first Meter must not leak.
+		st.meter.Release()
+		meterPool.Put(st.meter)
+		st.meter = nil
+	}
+	if g.meter == nil || st.info.Kind != flow.Flowise || !st.info.Runs || st.info.Route == flow.RouteMCP ||
 		res.Request.Method != http.MethodPost || res.StatusCode < 200 || res.StatusCode > 299 {
 		return
 	}
@@ -82,12 +97,14 @@ func (g *Gateway) meterStart(res *http.Response, st *reqState) {
 }
 
 // meterFinish hands the request's run (or its cache hit) to the worker.
-func (g *Gateway) meterFinish(st *reqState, end time.Time, d time.Duration) {
+// A run is a POST to a route that runs a flow which the flow server
+// answered 2xx or 5xx (a 5xx flow may have run and spent); 4xx answers
+// and requests that never reached it ran nothing.
+func (g *Gateway) meterFinish(r *http.Request, st *reqState, end time.Time, d time.Duration) {
 	hit := st.cache.result == cacheHit
-	if st.meter == nil && !hit {
-		return
-	}
-	if g.ledger == nil && !st.quotaOn {
+	s := st.upstreamStatus
+	ran := st.info.Runs && r.Method == http.MethodPost && !hit && (s >= 200 && s < 300 || s >= 500)
+	if !hit && !ran {
 		if st.meter != nil {
 			st.meter.Release()
 			meterPool.Put(st.meter)
@@ -95,8 +112,11 @@ func (g *Gateway) meterFinish(st *reqState, end time.Time, d time.Duration) {
 		}
 		return
 	}
-	j := meterJob{m: st.meter, workflow: flow.CanonicalID(st.info.WorkflowID), end: end, dur: d,
-		decision: st.quota, quotaOn: st.quotaOn}
+	if g.ledger == nil && !st.quotaOn && g.access == nil && st.meter == nil {
+		return
+	}
+	j := meterJob{m: st.meter, hit: hit, workflow: flow.CanonicalID(st.info.WorkflowID), requestID: st.id,
+		status: s, end: end, dur: d, decision: st.quota, quotaOn: st.quotaOn}
 	if st.quotaOn {
 		j.caller = st.quotaCaller
 	}
@@ -122,33 +142,95 @@ func (g *Gateway) meterWorker() {
 	}
 }
 
-// meterRun prices one run and records it.
+// meterRun prices one run and records it: the ledger, the quota's token
+// and cost budgets, the metrics, and one "execution" line in the access
+// log with what the run spent.
 func (g *Gateway) meterRun(j meterJob) {
 	rec := ledger.Record{Workflow: j.workflow, Caller: j.caller, Time: j.end}
-	if j.m == nil {
+	if j.hit {
 		rec.CacheHits = 1
-	} else {
-		u := j.m.Finish()
+		if g.ledger != nil {
+			g.ledger.Add(rec)
+		}
+		return
+	}
+	rec.Executions = 1
+	rec.DurationMs = j.dur.Milliseconds()
+	var u metering.Usage
+	if j.m != nil {
+		u = j.m.Finish()
 		j.m.Release()
 		meterPool.Put(j.m)
-		rec.Executions = 1
-		rec.DurationMs = j.dur.Milliseconds()
-		rec.InputTokens, rec.OutputTokens, rec.CostNano = u.Input(), u.Output(), u.CostNano()
-		if u.Source == metering.SourceEstimated {
-			rec.EstimatedExecutions = 1
+	}
+	rec.InputTokens, rec.OutputTokens, rec.CostNano = u.Input(), u.Output(), u.CostNano()
+	if u.Source == metering.SourceEstimated {
+		rec.EstimatedExecutions = 1
+	}
+	for _, mu := range u.Models {
+		// The label is bounded: a model the price table does not know
+		// (the name comes from the answer) is "unpriced".
+		model := mu.Model
+		if !mu.Priced {
+			model = "unpriced"
 		}
-		for _, mu := range u.Models {
-			g.metrics.Tokens(j.workflow, mu.Model, "input", u.Source, mu.Input)
-			g.metrics.Tokens(j.workflow, mu.Model, "output", u.Source, mu.Output)
-			g.metrics.Cost(j.workflow, mu.Model, float64(mu.CostNano)/config.NanoPerUSD)
-		}
-		if j.quotaOn {
-			g.quota.Settle(&j.decision, u.Input()+u.Output(), u.CostNano())
-		}
+		g.metrics.Tokens(j.workflow, model, "input", u.Source, mu.Input)
+		g.metrics.Tokens(j.workflow, model, "output", u.Source, mu.Output)
+		g.metrics.Cost(j.workflow, model, float64(mu.CostNano)/config.NanoPerUSD)
+	}
+	if j.quotaOn {
+		g.quota.Settle(&j.decision, u.Input()+u.Output(), u.CostNano())
 	}
 	if g.ledger != nil {
 		g.ledger.Add(rec)
 	}
+	if g.access != nil {
+		g.logExecution(j, u)
+	}
+}
+
+// logExecution writes the per-execution record: tokens in and out, model,
+// cost, duration, status, and whether the tokens were reported by the
+// flow server or estimated. It follows the request's access line (same
+// request_id), written later because metering ends after the answer.
+func (g *Gateway) logExecution(j meterJob, u metering.Usage) {
+	b := make([]byte, 0, 384)
+	b = append(b, `{"level":"info","time":"`...)
+	b = time.Now().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","logger":"access","msg":"execution","request_id":`...)
+	b = jsonx.AppendString(b, j.requestID)
+	b = append(b, `,"workflow_id":`...)
+	b = jsonx.AppendString(b, j.workflow)
+	b = append(b, `,"status":`...)
+	b = strconv.AppendInt(b, int64(j.status), 10)
+	b = append(b, `,"duration_ms":`...)
+	b = strconv.AppendInt(b, j.dur.Milliseconds(), 10)
+	b = append(b, `,"tokens_source":`...)
+	b = jsonx.AppendString(b, u.Source)
+	b = append(b, `,"input_tokens":`...)
+	b = strconv.AppendInt(b, u.Input(), 10)
+	b = append(b, `,"output_tokens":`...)
+	b = strconv.AppendInt(b, u.Output(), 10)
+	b = append(b, `,"cost_usd":`...)
+	b = append(b, config.USD(u.CostNano()).String()...)
+	b = append(b, `,"models":[`...)
+	for i, mu := range u.Models {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"model":`...)
+		b = jsonx.AppendString(b, mu.Model)
+		b = append(b, `,"input_tokens":`...)
+		b = strconv.AppendInt(b, mu.Input, 10)
+		b = append(b, `,"output_tokens":`...)
+		b = strconv.AppendInt(b, mu.Output, 10)
+		b = append(b, `,"cost_usd":`...)
+		b = append(b, config.USD(mu.CostNano).String()...)
+		b = append(b, `,"flowise_cost":`...)
+		b = strconv.AppendBool(b, mu.FlowiseCost)
+		b = append(b, '}')
+	}
+	b = append(b, "]}\n"...)
+	_, _ = g.access.Write(b)
 }
 
 // startMetering runs the worker; Close drains it.

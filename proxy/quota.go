@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flowgate/flowgate/cache"
@@ -27,7 +29,7 @@ import (
 func (g *Gateway) gates(w http.ResponseWriter, r *http.Request, st *reqState) bool {
 	var pol *quota.Policy
 	var wf string
-	if g.quota != nil && r.Method == http.MethodPost {
+	if g.quota != nil && r.Method == http.MethodPost && (st.info.Route != flow.RouteMCP || mcpRuns(st)) {
 		wf = flow.CanonicalID(st.info.WorkflowID)
 		pol = g.quota.Policy(wf)
 	}
@@ -90,7 +92,9 @@ func (g *Gateway) quotaAdmit(r *http.Request, st *reqState, pol *quota.Policy, w
 		abortClientGone(st)
 	}
 	g.metrics.QuotaRejection(wf, d.Code)
-	if g.ledger != nil {
+	// Refusals under the default policy are counted in the metric only:
+	// any id a client invents would otherwise become a ledger row.
+	if g.ledger != nil && pol.Listed() {
 		g.ledger.Add(ledger.Record{Workflow: wf, Caller: caller, Time: time.Now(), Rejected: 1})
 	}
 	h := st.rw.Header()
@@ -110,11 +114,60 @@ func (g *Gateway) quotaAdmit(r *http.Request, st *reqState, pol *quota.Policy, w
 // the address they forwarded; otherwise the peer.
 func (g *Gateway) clientIP(r *http.Request, st *reqState) netip.Addr {
 	if st.trustedPeer {
-		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
-			return g.realClient(xff, st.peer)
+		// Every X-Forwarded-For line, as setForwarded reads them: a
+		// proxy that appends a line of its own leaves the client's first.
+		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			return g.realClient(strings.Join(xff, ", "), st.peer)
 		}
 	}
 	return st.peer
+}
+
+// mcpRuns reports whether an MCP request runs the flow: a JSON-RPC
+// "tools/call", alone or in a batch. initialize, tools/list, ping and
+// notifications only talk about the flow, and spend no budget.
+func mcpRuns(st *reqState) bool {
+	if st.body == nil {
+		return false
+	}
+	b := st.body.inMemory()
+	if b == nil {
+		return true // too large to read here: count it, to be safe
+	}
+	type rpc struct {
+		Method string `json:"method"`
+	}
+	var one rpc
+	if json.Unmarshal(b, &one) == nil {
+		return one.Method == "tools/call"
+	}
+	var batch []rpc
+	if json.Unmarshal(b, &batch) == nil {
+		for _, m := range batch {
+			if m.Method == "tools/call" {
+				return true
+			}
+		}
+		return false
+	}
+	return true // not JSON-RPC: Flowise will refuse it; count it anyway
+}
+
+// quotaFinish gives back the execution of an admitted request that never
+// ran: no answer came from any upstream and none was sent one (dial
+// failures, no healthy upstream, a client that left while it waited), or
+// the flow server refused it (4xx: a wrong API key, an unknown flow, its
+// own limiter). A request sent upstream whose client left keeps its
+// count: Flowise finishes a run whose client went away.
+func (g *Gateway) quotaFinish(st *reqState) {
+	if !st.quotaOn || !st.quota.Allowed || st.cache.result == cacheHit {
+		return
+	}
+	s := st.upstreamStatus
+	neverSent := s == 0 && (st.attempts == 0 || (st.failed && st.fail.retry))
+	if neverSent || (s >= 400 && s < 500) {
+		g.quota.Refund(&st.quota)
+	}
 }
 
 // retryAfterSeconds rounds up: a client that waits the whole seconds

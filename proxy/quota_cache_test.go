@@ -2,9 +2,14 @@ package proxy_test
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/config"
@@ -148,4 +153,136 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// quotaGW is a gateway in front of up with an in-process quota.
+func quotaGW(t *testing.T, up string, qc config.Quota, mutate func(*config.Config)) *gw {
+	t.Helper()
+	q, err := quota.New(quota.Options{Config: qc, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(q.Close)
+	return newGWWith(t, []string{up}, func(c *config.Config) {
+		c.Quota = qc
+		if mutate != nil {
+			mutate(c)
+		}
+	}, func(o *gwOptions) { o.Quota = q })
+}
+
+func budgetOf(n int64) config.Quota {
+	return config.Quota{OnRedisError: "open", Workflows: map[string]config.QuotaPolicy{
+		flowID: {Budgets: []config.Budget{{Window: config.Duration(24 * time.Hour), Executions: n}}},
+	}}
+}
+
+// Admitted requests that never ran give their execution back: the flow
+// server refused them (a wrong API key), or no upstream could be reached.
+// Anyone could otherwise spend a protected flow's budget without its key.
+func TestQuotaRefundsRunsThatNeverRan(t *testing.T) {
+	var ran atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer good" {
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, `{"statusCode":401,"success":false,"message":"Unauthorized Access"}`)
+			return
+		}
+		ran.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"text":"ok"}`)
+	}))
+	t.Cleanup(up.Close)
+	g := quotaGW(t, up.URL, budgetOf(2), nil)
+	for range 5 {
+		if _, code, _ := ask(t, g, `{"question":"hi"}`, map[string]string{"Authorization": "Bearer bad"}); code != 401 {
+			t.Fatalf("wrong key: %d, want the upstream's 401", code)
+		}
+	}
+	for i, want := range []int{200, 200, 429} {
+		if _, code, _ := ask(t, g, `{"question":"hi"}`, map[string]string{"Authorization": "Bearer good"}); code != want {
+			t.Fatalf("good key, run %d: %d, want %d", i, code, want)
+		}
+	}
+
+	// No upstream at all: nothing was sent, nothing is spent.
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL
+	dead.Close()
+	g = quotaGW(t, deadURL, budgetOf(1), func(c *config.Config) { c.Health.Active.Enabled = ptr(false) })
+	for range 3 {
+		if _, code, _ := ask(t, g, `{"question":"hi"}`, nil); code != 502 && code != 503 {
+			t.Fatalf("dead upstream: %d", code)
+		}
+	}
+	if _, code, body := ask(t, g, `{"question":"hi"}`, nil); code == 429 {
+		t.Fatalf("the budget was spent by requests that never reached a flow server: %s", body)
+	}
+}
+
+// per_caller: ip reads every X-Forwarded-For line from a trusted proxy, as
+// the forwarded header does: a proxy that appends its own line leaves the
+// client's forged one first, and that one must not name the caller.
+func TestQuotaPerIPReadsEveryForwardedLine(t *testing.T) {
+	up, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	qc := budgetOf(1)
+	p := qc.Workflows[flowID]
+	p.PerCaller = "ip"
+	qc.Workflows[flowID] = p
+	g := quotaGW(t, up.URL(), qc, func(c *config.Config) { c.Proxy.TrustedProxies = []string{"127.0.0.0/8"} })
+	codes := []int{}
+	for _, forged := range []string{"1.1.1.1", "2.2.2.2", "3.3.3.3"} {
+		req, _ := http.NewRequest("POST", g.URL+predictPath, strings.NewReader(`{"question":"hi"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Add("X-Forwarded-For", forged)    // the client's own
+		req.Header.Add("X-Forwarded-For", "9.9.9.9") // the trusted proxy's
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		codes = append(codes, res.StatusCode)
+	}
+	if codes[0] != 200 || codes[1] != 429 || codes[2] != 429 {
+		t.Fatalf("codes %v: one caller (9.9.9.9) with a budget of 1, want [200 429 429]", codes)
+	}
+}
+
+// MCP's initialize, tools/list and notifications spend nothing; a
+// tools/call is a run.
+func TestQuotaCountsOnlyMCPToolCalls(t *testing.T) {
+	var calls atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
+	}))
+	t.Cleanup(up.Close)
+	g := quotaGW(t, up.URL, budgetOf(1), nil)
+	mcp := func(body string) int {
+		res, err := http.Post(g.URL+"/api/v1/mcp/"+flowID, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res.StatusCode
+	}
+	for _, m := range []string{`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`, `{"jsonrpc":"2.0","method":"notifications/initialized"}`,
+		`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`, `[{"jsonrpc":"2.0","id":3,"method":"ping"}]`} {
+		if code := mcp(m); code != 200 {
+			t.Fatalf("%s: %d", m, code)
+		}
+	}
+	if code := mcp(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"x"}}`); code != 200 {
+		t.Fatalf("first tools/call: %d", code)
+	}
+	if code := mcp(`[{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"x"}}]`); code != 429 {
+		t.Fatalf("second tools/call (in a batch): %d, want 429", code)
+	}
 }

@@ -24,7 +24,10 @@ import (
 // replicas sharing one redis-server, the embedded store across restarts,
 // and the admin API over its own listener.
 
-const quotaFlow = "0b4a2c1e-5d6f-4a8b-9c0d-1e2f3a4b5c6d"
+const (
+	quotaFlow = "0b4a2c1e-5d6f-4a8b-9c0d-1e2f3a4b5c6d"
+	rateFlow  = "0b4a2c1e-5d6f-4a8b-9c0d-1e2f3a4b5c6e"
+)
 
 // startGW runs the binary with a config body (listeners added) and extra
 // environment; store pins the embedded store's directory ("" for a fresh
@@ -474,7 +477,8 @@ func TestQuotaRedisOutage(t *testing.T) {
 	for _, mode := range []string{"open", "closed"} {
 		t.Run(mode, func(t *testing.T) {
 			rs := testredis.Start(t)
-			yaml := "redis:\n  addr: " + rs.Addr() + "\nquota:\n  on_redis_error: " + mode + "\n  workflows:\n    \"" + quotaFlow + "\":\n      budgets:\n        - {window: 24h, executions: 1000}\n"
+			yaml := "redis:\n  addr: " + rs.Addr() + "\nquota:\n  on_redis_error: " + mode + "\n  workflows:\n    \"" + quotaFlow + "\":\n      budgets:\n        - {window: 24h, executions: 1000}\n" +
+				"    \"" + rateFlow + "\":\n      rate: {limit: 2, per: 1m, burst: 2}\n"
 			gw := startGW(t, up.URL(), yaml, "")
 			if r := runFlow(t, gw.Listen, quotaFlow, nil, `{"question":"hi"}`); r.status != 200 {
 				t.Fatalf("before: %d", r.status)
@@ -485,6 +489,14 @@ func TestQuotaRedisOutage(t *testing.T) {
 			case "open":
 				if r.status != 200 {
 					t.Fatalf("open, Redis down: %d %s", r.status, r.body)
+				}
+				// Served, and still limited: by this process alone.
+				var codes []int
+				for range 4 {
+					codes = append(codes, runFlow(t, gw.Listen, rateFlow, nil, `{"question":"hi"}`).status)
+				}
+				if fmt.Sprint(codes) != "[200 200 429 429]" {
+					t.Fatalf("open, Redis down, rate 2 per minute: %v, want [200 200 429 429]", codes)
 				}
 			case "closed":
 				if r.status != 503 || !bytes.Contains(r.body, []byte(`"code":"quota_unavailable"`)) || r.hdr.Get("Retry-After") == "" {

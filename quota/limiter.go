@@ -32,6 +32,12 @@ type memory struct {
 	mu      sync.Mutex
 	rates   map[string]*rateEntry
 	windows map[windowKey]*usage
+	// Pinned entries are never evicted: those of workflows the config or
+	// the admin API names, without per-caller splitting. Their number is
+	// bounded by the policies, not by clients, and a flood of invented
+	// callers or workflow ids must not reset a real workflow's budget.
+	prates   map[string]*rateEntry
+	pwindows map[windowKey]*usage
 	maxKeys int
 	dirty   map[windowKey]struct{} // windows changed since the last save
 }
@@ -49,7 +55,9 @@ type windowKey struct {
 }
 
 func newMemory(maxKeys int) *memory {
-	return &memory{rates: map[string]*rateEntry{}, windows: map[windowKey]*usage{}, maxKeys: maxKeys, dirty: map[windowKey]struct{}{}}
+	return &memory{rates: map[string]*rateEntry{}, windows: map[windowKey]*usage{},
+		prates: map[string]*rateEntry{}, pwindows: map[windowKey]*usage{},
+		maxKeys: maxKeys, dirty: map[windowKey]struct{}{}}
 }
 
 func (m *memory) admit(_ context.Context, key string, p *Policy, nowUs int64) (outcome, error) {
@@ -76,7 +84,7 @@ func (m *memory) admit(_ context.Context, key string, p *Policy, nowUs int64) (o
 	var ws [8]*usage
 	cur := ws[:0]
 	for i, b := range p.budgets {
-		u := m.window(windowKey{key, b.winSec, b.windowIndex(nowUs)})
+		u := m.window(windowKey{key, b.winSec, b.windowIndex(nowUs)}, p.pinned)
 		cur = append(cur, u)
 		if what := exhausted(b, *u); what != "" {
 			if r != nil {
@@ -115,23 +123,39 @@ func exhausted(b budget, u usage) string {
 
 // rate returns key's bucket, rebuilt when the policy's rate changed.
 func (m *memory) rate(key string, p *Policy) *rateEntry {
-	e := m.rates[key]
+	rates := m.rates
+	if p.pinned {
+		rates = m.prates
+	}
+	e := rates[key]
 	if e != nil && e.emission == p.emission && e.burst == p.burst {
 		return e
 	}
-	if e == nil && len(m.rates) >= m.maxKeys {
+	if e == nil && !p.pinned && len(m.rates) >= m.maxKeys {
 		for k := range m.rates { // map order is random: an arbitrary victim
 			delete(m.rates, k)
 			break
 		}
 	}
 	e = &rateEntry{lim: rate.NewLimiter(rate.Every(p.emission), int(min(p.burst, math.MaxInt32))), emission: p.emission, burst: p.burst}
-	m.rates[key] = e
+	rates[key] = e
 	return e
 }
 
-func (m *memory) window(k windowKey) *usage {
+func (m *memory) window(k windowKey, pinned bool) *usage {
+	if u := m.pwindows[k]; u != nil {
+		return u
+	}
 	u := m.windows[k]
+	if pinned {
+		if u != nil {
+			delete(m.windows, k)
+		} else {
+			u = &usage{}
+		}
+		m.pwindows[k] = u
+		return u
+	}
 	if u == nil {
 		if len(m.windows) >= m.maxKeys {
 			for victim := range m.windows {
@@ -151,7 +175,7 @@ func (m *memory) add(_ context.Context, key string, p *Policy, admittedUs int64,
 	defer m.mu.Unlock()
 	for _, b := range p.budgets {
 		k := windowKey{key, b.winSec, b.windowIndex(admittedUs)}
-		u := m.window(k)
+		u := m.window(k, p.pinned)
 		u.executions = max(0, u.executions+d.executions)
 		u.tokens += d.tokens
 		u.costNano += d.costNano
@@ -166,15 +190,19 @@ func (m *memory) sweep(now time.Time) {
 	nowUs := now.UnixMicro()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for k := range m.windows {
-		if (k.idx+1)*k.winSec*1e6 <= nowUs {
-			delete(m.windows, k)
-			delete(m.dirty, k)
+	for _, ws := range []map[windowKey]*usage{m.windows, m.pwindows} {
+		for k := range ws {
+			if (k.idx+1)*k.winSec*1e6 <= nowUs {
+				delete(ws, k)
+				delete(m.dirty, k)
+			}
 		}
 	}
-	for k, e := range m.rates {
-		if e.lim.TokensAt(now) >= float64(e.burst) {
-			delete(m.rates, k)
+	for _, rs := range []map[string]*rateEntry{m.rates, m.prates} {
+		for k, e := range rs {
+			if e.lim.TokensAt(now) >= float64(e.burst) {
+				delete(rs, k)
+			}
 		}
 	}
 }
@@ -191,6 +219,8 @@ func (m *memory) takeDirty() map[windowKey]usage {
 	for k := range m.dirty {
 		if u := m.windows[k]; u != nil {
 			out[k] = *u
+		} else if u := m.pwindows[k]; u != nil {
+			out[k] = *u
 		}
 		delete(m.dirty, k)
 	}
@@ -201,5 +231,5 @@ func (m *memory) takeDirty() map[windowKey]usage {
 func (m *memory) load(k windowKey, u usage) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	*m.window(k) = u
+	*m.window(k, false) = u // pinned again at its next use
 }

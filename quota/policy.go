@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"slices"
 	"strconv"
@@ -27,8 +28,15 @@ type Policy struct {
 	budgets []budget
 
 	perCaller string // "", "authorization", "ip", "header"
+	// pinned: a policy the config or the admin API names for this
+	// workflow, without per-caller splitting; its counts are never
+	// evicted from the in-process limiter.
+	pinned bool
+	listed bool // named by the config or the admin API, not the default
 	header    string // canonical header name for "header:<Name>"
-	// hashHeader: the header carries credentials (it is one of the
+	// hashHeader: the header is one of the cache's credential headers.
+	// Values are hashed either way now; kept for the caller's listing.
+	// (was: the header carries credentials (it is one of the
 	// cache's vary headers), so its values are hashed, not stored.
 	hashHeader bool
 }
@@ -107,18 +115,26 @@ func (p *Policy) CallerKey(h http.Header, ip string) string {
 	case "":
 		return ""
 	case "ip":
+		// An IPv6 client has a /64 to itself: each of its addresses
+		// is the same caller.
+		if a, err := netip.ParseAddr(ip); err == nil && a.Is6() && !a.Is4In6() {
+			pfx, _ := a.Prefix(64)
+			return "ip:" + pfx.String()
+		}
 		return "ip:" + ip
 	case "authorization":
-		return hashed("auth", h.Get("Authorization"))
+		// Flowise reads the key as the text after the last "Bearer "
+		// (split('Bearer ').pop()): "Bearer K" and "xBearer Bearer K"
+		// are one key there, so they are one caller here.
+		v := h.Get("Authorization")
+		if i := strings.LastIndex(v, "Bearer "); i >= 0 {
+			v = v[i+len("Bearer "):]
+		}
+		return hashed("auth", v)
 	}
-	v := h.Get(p.header)
-	if p.hashHeader || len(v) > 64 || !printable(v) {
-		return hashed("h", v)
-	}
-	if v == "" {
-		return "h:-"
-	}
-	return "h:" + v
+	// Header values are always hashed: a header chosen for callers is as
+	// likely as not a credential, and keys land in Redis and in reports.
+	return hashed("h", h.Get(p.header))
 }
 
 func hashed(prefix, v string) string {
@@ -129,14 +145,6 @@ func hashed(prefix, v string) string {
 	return prefix + ":" + hex.EncodeToString(sum[:12])
 }
 
-func printable(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x21 || s[i] > 0x7e || s[i] == '|' {
-			return false
-		}
-	}
-	return true
-}
 
 // windowIndex is the fixed window of b that the instant nowUs (Unix
 // microseconds) falls in; windows are aligned to the epoch, so 1h, 24h and

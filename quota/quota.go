@@ -21,6 +21,7 @@ package quota
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,6 +115,8 @@ type job struct {
 // maxLocalKeys bounds the in-process limiter's maps (each).
 const maxLocalKeys = 100_000
 
+var keyEscaper = strings.NewReplacer("%", "%25", "|", "%7C", "{", "%7B", "}", "%7D")
+
 // admitTimeout bounds one admission's Redis round trip (loopback or a
 // LAN answers in well under a millisecond).
 const admitTimeout = 250 * time.Millisecond
@@ -205,7 +208,13 @@ func (e *Enforcer) Admit(ctx context.Context, p *Policy, workflow, caller string
 // piped reports whether queue was called and its commands ran; when not
 // (no Redis, or Redis skipped after a failure) the caller does its own.
 func (e *Enforcer) AdmitWith(ctx context.Context, p *Policy, workflow, caller string, queue func(redis.Pipeliner)) (d Decision, piped bool) {
+	// "|" separates the caller; a workflow id (decoded from the path)
+	// that contains it, or the braces of Redis key names, is escaped, so
+	// no id can name another workflow's caller.
 	key := workflow
+	if strings.ContainsAny(key, "|{}%") {
+		key = keyEscaper.Replace(key)
+	}
 	if caller != "" {
 		key += "|" + caller
 	}
@@ -276,6 +285,12 @@ func (p *Policy) spends() bool {
 }
 
 func (e *Enforcer) enqueue(j job) {
+	if j.lim == limiter(e.local) {
+		// In memory it costs a mutex: applied at once, so the next
+		// request already sees it.
+		_ = e.local.add(context.Background(), j.key, j.pol, j.nowUs, j.u)
+		return
+	}
 	select {
 	case e.jobs <- j:
 	default:
@@ -426,11 +441,15 @@ func (s *policySet) lookup(workflow string) *Policy {
 func (e *Enforcer) build(admin map[string]config.QuotaPolicy, version int64) *policySet {
 	s := &policySet{config: map[string]*Policy{}, admin: map[string]*Policy{}, adminC: admin, version: version}
 	for id, p := range e.o.Config.Workflows {
-		s.config[flow.CanonicalID(id)] = compile(p, e.cred)
+		c := compile(p, e.cred)
+		c.pinned, c.listed = c.perCaller == "", true
+		s.config[flow.CanonicalID(id)] = c
 	}
 	s.def = compile(e.o.Config.Default, e.cred)
 	for id, p := range admin {
-		s.admin[id] = compile(p, e.cred)
+		c := compile(p, e.cred)
+		c.pinned, c.listed = c.perCaller == "", true
+		s.admin[id] = c
 	}
 	return s
 }

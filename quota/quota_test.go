@@ -221,7 +221,7 @@ func TestSettleWithoutSpendBudget(t *testing.T) {
 	e.Settle(&d, 100, 100)
 	flush(t, e)
 	e.local.mu.Lock()
-	u := e.local.windows[windowKey{wf, 3600, d.pol.budgets[0].windowIndex(d.nowUs)}]
+	u := e.local.pwindows[windowKey{wf, 3600, d.pol.budgets[0].windowIndex(d.nowUs)}]
 	e.local.mu.Unlock()
 	if u == nil || u.executions != 1 || u.tokens != 0 || u.costNano != 0 {
 		t.Fatalf("window %+v; want 1 execution and nothing spent", u)
@@ -350,8 +350,12 @@ func TestCallerKey(t *testing.T) {
 		{"authorization", "authorization", http.Header{"Authorization": {secret}}, "1.2.3.4", "", "sk-secret", "auth:"},
 		{"authorization-absent", "authorization", http.Header{}, "1.2.3.4", "auth:-", "", ""},
 		{"ip", "ip", http.Header{}, "192.0.2.7", "ip:192.0.2.7", "", ""},
-		{"ip-v6", "ip", http.Header{}, "2001:db8::1", "ip:2001:db8::1", "", ""},
-		{"header-plain", "header:x-user", http.Header{"X-User": {"alice"}}, "", "h:alice", "", ""},
+		{"ip-v6", "ip", http.Header{}, "2001:db8::1", "ip:2001:db8::/64", "", ""},
+		{"ip-v6-same-64", "ip", http.Header{}, "2001:db8::ffff:1", "ip:2001:db8::/64", "", ""},
+		{"ip-v4-mapped", "ip", http.Header{}, "::ffff:192.0.2.7", "ip:::ffff:192.0.2.7", "", ""},
+		{"header-plain", "header:x-user", http.Header{"X-User": {"alice"}}, "", "", "alice", "h:"},
+		{"bearer-prefixes", "authorization", http.Header{"Authorization": {"xBearer Bearer sk-secret"}}, "", hashed("auth", "sk-secret"), "", ""},
+		{"bearer", "authorization", http.Header{"Authorization": {"Bearer sk-secret"}}, "", hashed("auth", "sk-secret"), "", ""},
 		{"header-absent", "header:X-User", http.Header{}, "", "h:-", "", ""},
 		{"header-credential", "header:x-api-key", http.Header{"X-Api-Key": {"key-abcdef"}}, "", "", "key-abcdef", "h:"},
 		{"header-credential-absent", "header:X-Api-Key", http.Header{}, "", "h:-", "", ""},
@@ -665,7 +669,7 @@ func TestCloseTwice(t *testing.T) {
 	e.Settle(&d, 10, 0)
 	e.Close()
 	e.Close()
-	u := e.local.windows[windowKey{"wf", 3600, d.pol.budgets[0].windowIndex(d.nowUs)}]
+	u := e.local.pwindows[windowKey{"wf", 3600, d.pol.budgets[0].windowIndex(d.nowUs)}]
 	if u == nil || u.tokens != 10 {
 		t.Fatalf("window after Close: %+v; want the 10 tokens settled", u)
 	}
@@ -711,9 +715,10 @@ func TestCredentialHeadersOption(t *testing.T) {
 	if strings.Contains(k, "plain-key") || !strings.HasPrefix(k, "h:") {
 		t.Fatalf("key %q holds the credential", k)
 	}
+	// Without it too: every header value is hashed.
 	plain := r.enforcer(limited("wf", pol))
-	if k := plain.Policy("wf").CallerKey(http.Header{"X-Api-Key": {"plain-key"}}, ""); k != "h:plain-key" {
-		t.Fatalf("without CredentialHeaders: key %q, want h:plain-key", k)
+	if k := plain.Policy("wf").CallerKey(http.Header{"X-Api-Key": {"plain-key"}}, ""); k != hashed("h", "plain-key") {
+		t.Fatalf("without CredentialHeaders: key %q, want the hash", k)
 	}
 }
 
@@ -751,5 +756,40 @@ func TestMemorySweep(t *testing.T) {
 	m.sweep(now.Add(30 * time.Minute)) // the hour ended
 	if len(m.windows) != 0 {
 		t.Fatalf("an ended window was kept")
+	}
+}
+
+// A flood of invented callers fills the evictable maps, never a pinned
+// workflow's own counts: its spent budget stays spent.
+func TestFloodDoesNotEvictPinned(t *testing.T) {
+	m := newMemory(4)
+	victim := compile(config.QuotaPolicy{Budgets: []config.Budget{execBudget(1, time.Hour)}}, nil)
+	victim.pinned = true
+	perCaller := compile(config.QuotaPolicy{Budgets: []config.Budget{execBudget(1, time.Hour)}, PerCaller: "header:X-User"}, nil)
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC).UnixMicro()
+	if o, _ := m.admit(context.Background(), "victim", victim, now); o.refused >= 0 {
+		t.Fatal("first run refused")
+	}
+	for i := range 1000 {
+		m.admit(context.Background(), "other|h:"+strconv.Itoa(i), perCaller, now)
+	}
+	if len(m.windows) > 4 {
+		t.Fatalf("evictable windows grew to %d", len(m.windows))
+	}
+	if o, _ := m.admit(context.Background(), "victim", victim, now); o.refused < 0 {
+		t.Fatal("the flood reset the pinned workflow's budget")
+	}
+}
+
+// A workflow id holding "|" cannot name another workflow's caller.
+func TestWorkflowIDCannotForgeCaller(t *testing.T) {
+	r := newRig(t, "memory")
+	e := r.enforcer(config.Quota{OnRedisError: "open", Default: config.QuotaPolicy{Budgets: []config.Budget{execBudget(1, time.Hour)}, PerCaller: "ip"}})
+	forged := "a|ip:10.0.0.7"
+	if d := e.Admit(context.Background(), e.Policy(forged), forged, ""); !d.Allowed {
+		t.Fatalf("forged id: %+v", d)
+	}
+	if d := e.Admit(context.Background(), e.Policy("a"), "a", "ip:10.0.0.7"); !d.Allowed {
+		t.Fatal("the forged id spent the real caller's budget")
 	}
 }

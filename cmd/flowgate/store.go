@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -44,6 +45,14 @@ func openStore(dir string, log *zap.Logger) (*bbolt.DB, error) {
 		if err := writableDir(d); err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		if strings.HasPrefix(d, os.TempDir()) && dir == "" {
+			// A shared temp directory: another user could have made it
+			// first and would then control the quota policies.
+			if err := ownedPrivate(d); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 		}
 		path := filepath.Join(d, storeFile)
 		db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 2 * time.Second})
@@ -93,4 +102,18 @@ func redisOrNil(c *redis.Client) redis.UniversalClient {
 		return nil
 	}
 	return c
+}
+
+// ownedPrivate checks that d belongs to this process's user and that no
+// one else may write in it.
+func ownedPrivate(d string) error {
+	fi, err := os.Lstat(d)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s is not a private directory of this user", d)
+	}
+	return nil
 }
