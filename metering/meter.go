@@ -50,6 +50,7 @@ type Meter struct {
 
 	events   bool // Event was called
 	writes   bool // Write was called
+	noAnswer bool // NoAnswer was called: estimate the request alone
 	bodyOver bool // the JSON answer was too large, or the Budget refused: not parsed
 
 	exec    tally // the last agentFlowExecutedData
@@ -96,9 +97,14 @@ func (m *Meter) Release() {
 	m.usageEv.reset()
 	m.openAI.reset()
 	m.cfg, m.bud, m.workflow = nil, nil, ""
-	m.events, m.writes, m.bodyOver = false, false, false
+	m.events, m.writes, m.bodyOver, m.noAnswer = false, false, false, false
 	m.done, m.result = false, Usage{}
 }
+
+// NoAnswer says the run's answer never came (the client or the upstream
+// went away before it): Finish then estimates the request's input tokens,
+// with no output, rather than reporting nothing.
+func (m *Meter) NoAnswer() { m.noAnswer = true }
 
 // Request takes the request body, a Flowise prediction JSON: its
 // "question", the "content" (or "message") of each "history" entry and its
@@ -242,7 +248,7 @@ func (m *Meter) Finish() Usage {
 		return m.result
 	}
 	m.done = true
-	if !m.events && !m.writes {
+	if !m.events && !m.writes && !m.noAnswer {
 		return m.result
 	}
 	parsed := false

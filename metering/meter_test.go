@@ -747,3 +747,21 @@ func TestManyModels(t *testing.T) {
 		t.Errorf("sums %d, %d", got.Input(), got.CostNano())
 	}
 }
+
+// A run whose answer never came is estimated from its request alone.
+func TestNoAnswerEstimatesInput(t *testing.T) {
+	var m Meter
+	m.Reset(nil, nil, "wf")
+	defer m.Release()
+	m.Request([]byte(`{"question":"what is the capital of France?"}`))
+	if u := m.Finish(); u.Source != "" {
+		t.Fatalf("without NoAnswer nothing is metered, got %+v", u)
+	}
+	m.Reset(&Config{Prices: Bundled(), DefaultModel: "gpt-4o-mini"}, nil, "wf")
+	m.Request([]byte(`{"question":"what is the capital of France?"}`))
+	m.NoAnswer()
+	u := m.Finish()
+	if u.Source != SourceEstimated || u.Input() <= 0 || u.Output() != 0 || u.CostNano() <= 0 {
+		t.Fatalf("NoAnswer: %+v", u)
+	}
+}

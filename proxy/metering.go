@@ -104,6 +104,22 @@ func (g *Gateway) meterFinish(r *http.Request, st *reqState, end time.Time, d ti
 	hit := st.cache.result == cacheHit
 	s := st.upstreamStatus
 	ran := st.info.Runs && r.Method == http.MethodPost && !hit && (s >= 200 && s < 300 || s >= 500)
+	if st.info.Runs && r.Method == http.MethodPost && !hit && s == 0 && st.attempts > 0 && !(st.failed && st.fail.retry) &&
+		st.meter == nil && st.info.Kind == flow.Flowise && st.info.Route != flow.RouteMCP {
+		// Sent, and no answer came back (the client left, the upstream
+		// cut or timed out before its headers): Flowise runs on whatever
+		// happens to the client, so the run counts, with the tokens the
+		// request itself shows (estimated; its answer is unknown). A
+		// client cannot escape token and cost budgets by hanging up.
+		m := meterPool.Get().(*metering.Meter)
+		m.Reset(g.meter.cfg, g.meter.budget, flow.CanonicalID(st.info.WorkflowID))
+		if st.body != nil {
+			m.Request(st.body.inMemory())
+		}
+		m.NoAnswer()
+		st.meter = m
+		ran = true
+	}
 	if !hit && !ran {
 		if st.meter != nil {
 			st.meter.Release()

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,10 +16,13 @@ import (
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
 	"github.com/flowgate/flowgate/internal/testredis"
+	"github.com/flowgate/flowgate/ledger"
+	"github.com/flowgate/flowgate/metering"
 	"github.com/flowgate/flowgate/metrics"
 	"github.com/flowgate/flowgate/quota"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
 )
 
@@ -284,5 +288,57 @@ func TestQuotaCountsOnlyMCPToolCalls(t *testing.T) {
 	}
 	if code := mcp(`[{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"x"}}]`); code != 429 {
 		t.Fatalf("second tools/call (in a batch): %d, want 429", code)
+	}
+}
+
+// A client that hangs up before the answer's headers does not escape
+// metering: Flowise finishes the run anyway, so it is recorded, with the
+// tokens its request shows (estimated), and settled against the budgets.
+func TestHangUpStillMetered(t *testing.T) {
+	up, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	db, err := bbolt.Open(filepath.Join(t.TempDir(), "ledger.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	led, err := ledger.NewBolt(db, ledger.Options{Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGWWith(t, []string{up.URL()}, nil, func(o *gwOptions) { o.Prices, o.Ledger = metering.Bundled(), led })
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "POST", g.URL+predictPath, strings.NewReader(`{"question":"a question that the flow will still answer"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(fakeflow.HeaderLatency, "300ms")
+	go func() {
+		// Hang up once the flow server has the request.
+		for up.Server().Stats().InFlight == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	if _, err := http.DefaultClient.Do(req); err == nil {
+		t.Fatal("the request was not cut")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rep, err := led.Report(context.Background(), ledger.Query{Workflow: flowID, From: time.Now().UTC(), To: time.Now().UTC()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.TotalExecutions == 1 {
+			if rep.EstimatedExecutions != 1 || rep.InputTokens <= 0 || rep.OutputTokens != 0 || rep.TotalCostNano <= 0 {
+				t.Fatalf("report %+v: want one estimated run with input tokens and a cost", rep)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the hung-up run was never recorded: %+v", rep)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
