@@ -50,6 +50,9 @@ import (
 // in flight per core). The target: at most 5 µs of CPU per request
 // for the quota check without Redis.
 //
+// BenchmarkGatewayQuotaMetered compares quota=off and quota=on with
+// metering on in both, as the binary runs.
+//
 // BenchmarkGatewayQuotaRedis is the same with the counts in a redis-server
 // (internal/testredis): ns/op includes the admit script's round trip over
 // loopback, cpu-ns/op only this process's share of it (redis-server's CPU
@@ -200,6 +203,47 @@ func benchQuota(b *testing.B, rdb func() redis.UniversalClient) {
 }
 
 func BenchmarkGatewayQuotaMemory(b *testing.B) { benchQuota(b, nil) }
+
+// BenchmarkGatewayQuotaMetered is BenchmarkGatewayQuotaMemory's quota=off
+// and quota=on with metering on in both, as cmd/flowgate runs them (the
+// bundled prices and a bbolt ledger): what the quota adds to a request
+// that is metered anyway (its decision carried to the metering worker,
+// settled there, the ledger's record). cpu-ns/op includes the worker's
+// pricing of each run (the tokenizer's estimate of a classic chatflow's
+// answer), the same in both.
+func BenchmarkGatewayQuotaMetered(b *testing.B) {
+	up := benchUpstream(b)
+	for _, mode := range []string{"serial", "parallel"} {
+		for _, c := range quotaCases[:2] {
+			b.Run("mode="+mode+"/"+c.name, func(b *testing.B) {
+				mutate, withQ := withQuota(b, c.pol, nil)
+				metered := withMetering(b, true)
+				g := benchGatewayOpts(b, up.URL, mutate, func(o *proxy.Options, cfg config.Config) {
+					withQ(o, cfg)
+					metered(o, cfg)
+				})
+				expectQuota(b, g, c.pol != nil)
+				b.ReportAllocs()
+				done := cpuPerOp(b)
+				if mode == "serial" {
+					for b.Loop() {
+						serveReq(b, g, benchJSON)
+					}
+				} else {
+					b.SetParallelism(4)
+					b.ResetTimer()
+					done = cpuPerOp(b)
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							serveReq(b, g, benchJSON)
+						}
+					})
+				}
+				done()
+			})
+		}
+	}
+}
 
 func BenchmarkGatewayQuotaRedis(b *testing.B) {
 	srv := testredis.Start(b)
