@@ -123,24 +123,14 @@ func usageRoutes(mux *http.ServeMux, d Deps) {
 		}
 		if workflow == "" {
 			reps, err := d.Ledger.Reports(r.Context(), from, to)
-			if errors.Is(err, ledger.ErrInvalidQuery) {
-				writeFieldErr(w, "from", err.Error())
-				return
-			}
-			if err != nil {
-				writeErr(w, http.StatusServiceUnavailable, "ledger_unavailable", "the usage ledger could not be read: "+err.Error())
+			if ledgerFailed(w, err) {
 				return
 			}
 			writeJSON(w, http.StatusOK, map[string]any{"from": day(from), "to": day(to), "workflows": nonNilReports(reps)})
 			return
 		}
 		rep, err := d.Ledger.Report(r.Context(), ledger.Query{Workflow: flow.CanonicalID(workflow), Caller: q.Get("caller"), From: from, To: to})
-		if errors.Is(err, ledger.ErrInvalidQuery) {
-			writeFieldErr(w, "from", err.Error())
-			return
-		}
-		if err != nil {
-			writeErr(w, http.StatusServiceUnavailable, "ledger_unavailable", "the usage ledger could not be read: "+err.Error())
+		if ledgerFailed(w, err) {
 			return
 		}
 		writeJSON(w, http.StatusOK, rep)
@@ -149,6 +139,20 @@ func usageRoutes(mux *http.ServeMux, d Deps) {
 	mux.HandleFunc("GET /admin/v1/usage/{workflow}", func(w http.ResponseWriter, r *http.Request) {
 		report(w, r, r.PathValue("workflow"))
 	})
+}
+
+// ledgerFailed answers a failed ledger read: 400 for a range the ledger
+// can never answer, 503 when its store cannot be reached.
+func ledgerFailed(w http.ResponseWriter, err error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, ledger.ErrInvalidQuery):
+		writeFieldErr(w, "from", err.Error())
+	default:
+		writeErr(w, http.StatusServiceUnavailable, "ledger_unavailable", "the usage ledger could not be read: "+err.Error())
+	}
+	return true
 }
 
 // maxRangeDays is the longest report: the ledger keeps 400 days.

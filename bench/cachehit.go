@@ -28,27 +28,37 @@ func probeHit(url string) error {
 	defer c.CloseIdleConnections()
 	var xc string
 	for range 2 {
-		req, err := http.NewRequest(http.MethodPost, url+predictPath, strings.NewReader(jsonBody))
+		h, err := sendAsWrk(c, url, "cache probe")
 		if err != nil {
 			return err
 		}
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept-Encoding", "gzip")
-		resp, err := c.Do(req)
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("cache probe: status %d", resp.StatusCode)
-		}
-		xc = resp.Header.Get("X-Cache")
+		xc = h.Get("X-Cache")
 	}
 	if xc != "HIT" {
 		return fmt.Errorf("the same request twice: the second has X-Cache %q, want HIT (is the cache on for %s?)", xc, flowID)
 	}
 	return nil
+}
+
+// sendAsWrk posts the request wrk sends and returns the answer's headers;
+// anything but a 200 is an error named after what probed.
+func sendAsWrk(c *http.Client, url, what string) (http.Header, error) {
+	req, err := http.NewRequest(http.MethodPost, url+predictPath, strings.NewReader(jsonBody))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: status %d", what, resp.StatusCode)
+	}
+	return resp.Header, nil
 }
 
 // cacheCounts are flowgate_cache_requests_total by result.

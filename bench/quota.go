@@ -37,22 +37,11 @@ import (
 func probeQuota(url string) error {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableCompression: true}}
 	defer c.CloseIdleConnections()
-	req, err := http.NewRequest(http.MethodPost, url+predictPath, strings.NewReader(jsonBody))
+	h, err := sendAsWrk(c, url, "quota probe")
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept-Encoding", "gzip")
-	resp, err := c.Do(req)
-	if err != nil {
-		return err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("quota probe: status %d", resp.StatusCode)
-	}
-	if resp.Header.Get("Ratelimit-Limit") == "" || resp.Header.Get("Ratelimit-Remaining") == "" {
+	if h.Get("Ratelimit-Limit") == "" || h.Get("Ratelimit-Remaining") == "" {
 		return fmt.Errorf("quota probe: no RateLimit headers in the answer (is the quota on for %s?)", flowID)
 	}
 	return nil

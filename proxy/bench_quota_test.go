@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"bufio"
 	"bytes"
-	"io"
 	"math"
 	"net"
 	"net/http"
@@ -15,20 +14,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowgate/flowgate/cache"
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
 	"github.com/flowgate/flowgate/internal/testredis"
 	"github.com/flowgate/flowgate/ledger"
 	"github.com/flowgate/flowgate/metering"
-	"github.com/flowgate/flowgate/metrics"
 	"github.com/flowgate/flowgate/proxy"
 	"github.com/flowgate/flowgate/quota"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.etcd.io/bbolt"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // ---- quotas and metering (issue 8) ----------------------------------------
@@ -78,41 +73,8 @@ import (
 // the quota, prices and ledger.
 func benchGatewayOpts(b *testing.B, upstream string, mutate func(*config.Config), opts func(*proxy.Options, config.Config)) *proxy.Gateway {
 	b.Helper()
-	cfg := config.Default()
-	cfg.Upstreams = []config.Upstream{{URL: upstream}}
-	off, on := false, true
-	cfg.Health.Active.Enabled = &off
-	cfg.Log.AccessLog = &on
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		b.Fatal(err)
-	}
-	enc := zap.NewProductionEncoderConfig()
-	enc.TimeKey = "time"
-	enc.EncodeTime = zapcore.RFC3339NanoTimeEncoder
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(io.Discard), zap.InfoLevel))
-	m := metrics.New(prometheus.NewRegistry())
-	o := proxy.Options{Logger: log, Metrics: m, AccessLog: io.Discard}
-	if cfg.Cache.AnyEnabled() {
-		st, err := cache.NewStore(cache.Options{MaxMemory: int64(cfg.Cache.MaxMemory), Metrics: m, Logger: log.Named("cache")})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(st.Close)
-		o.Cache = st
-	}
-	if opts != nil {
-		opts(&o, cfg)
-	}
-	g, err := proxy.New(cfg, o)
-	if err != nil {
-		b.Fatal(err)
-	}
-	g.Start()
-	b.Cleanup(g.Close) // runs before the quota's and the ledger's (registered earlier)
-	return g
+	// Closed before the quota's and the ledger's (registered earlier).
+	return benchGatewayFull(b, upstream, true, mutate, opts)
 }
 
 // benchQuotaPolicy never refuses during a run: a billion requests a second

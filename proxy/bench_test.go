@@ -43,6 +43,13 @@ func benchGateway(b *testing.B, upstream string, accessLog bool) *proxy.Gateway 
 // store built as cmd/flowgate builds it (no redis.addr).
 func benchGatewayWith(b *testing.B, upstream string, accessLog bool, mutate func(*config.Config)) *proxy.Gateway {
 	b.Helper()
+	return benchGatewayFull(b, upstream, accessLog, mutate, nil)
+}
+
+// benchGatewayFull is benchGatewayWith with a hook on the Options, which
+// adds what the config alone does not build (a quota, prices, a ledger).
+func benchGatewayFull(b *testing.B, upstream string, accessLog bool, mutate func(*config.Config), opts func(*proxy.Options, config.Config)) *proxy.Gateway {
+	b.Helper()
 	cfg := config.Default()
 	cfg.Upstreams = []config.Upstream{{URL: upstream}}
 	off := false
@@ -67,6 +74,9 @@ func benchGatewayWith(b *testing.B, upstream string, accessLog bool, mutate func
 		}
 		b.Cleanup(st.Close)
 		o.Cache = st
+	}
+	if opts != nil {
+		opts(&o, cfg)
 	}
 	g, err := proxy.New(cfg, o)
 	if err != nil {
