@@ -38,8 +38,8 @@ type memory struct {
 	// callers or workflow ids must not reset a real workflow's budget.
 	prates   map[string]*rateEntry
 	pwindows map[windowKey]*usage
-	maxKeys int
-	dirty   map[windowKey]struct{} // windows changed since the last save
+	maxKeys  int
+	dirty    map[windowKey]struct{} // windows changed since the last save
 }
 
 type rateEntry struct {

@@ -32,8 +32,8 @@ type Policy struct {
 	// workflow, without per-caller splitting; its counts are never
 	// evicted from the in-process limiter.
 	pinned bool
-	listed bool // named by the config or the admin API, not the default
-	header    string // canonical header name for "header:<Name>"
+	listed bool   // named by the config or the admin API, not the default
+	header string // canonical header name for "header:<Name>"
 	// hashHeader: the header is one of the cache's credential headers.
 	// Values are hashed either way now; kept for the caller's listing.
 	// (was: the header carries credentials (it is one of the
@@ -144,7 +144,6 @@ func hashed(prefix, v string) string {
 	sum := sha256.Sum256([]byte(v))
 	return prefix + ":" + hex.EncodeToString(sum[:12])
 }
-
 
 // windowIndex is the fixed window of b that the instant nowUs (Unix
 // microseconds) falls in; windows are aligned to the epoch, so 1h, 24h and
