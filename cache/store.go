@@ -204,6 +204,12 @@ func (s *Store) Get(ctx context.Context, k Key) (e *Entry, level string) {
 	if e, _, _ := s.mem.get(ctx, k); e != nil {
 		return e, LevelMemory
 	}
+	return s.RemoteGet(ctx, k)
+}
+
+// RemoteGet looks k up in the Redis level only (after MemoryGet missed),
+// and keeps what it finds in memory too.
+func (s *Store) RemoteGet(ctx context.Context, k Key) (e *Entry, level string) {
 	if s.remote == nil {
 		return nil, ""
 	}

@@ -60,7 +60,7 @@ func (g *Gateway) gates(w http.ResponseWriter, r *http.Request, st *reqState) bo
 		return false
 	}
 	if e == nil && remote == nil {
-		e, _ = g.cacheStore.Get(r.Context(), st.cache.key)
+		e, _ = g.cacheStore.RemoteGet(r.Context(), st.cache.key)
 	}
 	if g.cacheAnswer(w, r, st, e) {
 		if st.quotaOn {
