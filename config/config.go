@@ -18,6 +18,7 @@ type Config struct {
 	Cache     Cache      `yaml:"cache"`
 	Quota     Quota      `yaml:"quota"`
 	Metering  Metering   `yaml:"metering"`
+	TLS       TLSServe   `yaml:"tls"`
 
 	// src maps key paths to file lines so Validate can name them; nil for
 	// a config built in code. Not part of the YAML schema.

@@ -301,7 +301,7 @@ func TestUnknownKeys(t *testing.T) {
 		{"other spelling", "server:\n  readHeaderTimeout: 5s\n",
 			"flowgate.yaml:2: server.readHeaderTimeout: unknown key; did you mean server.read_header_timeout?"},
 		{"wrong section", "listen: :80\n",
-			"flowgate.yaml:1: listen: unknown key; did you mean server.listen?"},
+			"flowgate.yaml:1: listen: unknown key; did you mean server.listen or tls.listen?"},
 		{"in list item", "upstreams:\n  - url: http://a:1\n  - url: http://b:1\n    nmae: b\n",
 			"flowgate.yaml:4: upstreams[1].nmae: unknown key; did you mean upstreams[1].name?"},
 		{"deep", "health:\n  active:\n    enabled: true\n    pth: /x\n",
@@ -764,6 +764,9 @@ func TestMarshalRoundTrip(t *testing.T) {
 	if len(got.Quota.Workflows) == 0 && len(got.Quota.Default.Budgets) == 0 && len(got.Metering.Models) == 0 {
 		got.Quota.Workflows, got.Quota.Default.Budgets, got.Metering.Models = nil, nil, nil
 	}
+	if len(got.TLS.ACME.Domains) == 0 {
+		got.TLS.ACME.Domains = nil
+	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("round trip through\n%s\ngot  %+v\nwant %+v", out, got, want)
 	}
@@ -922,5 +925,59 @@ metering:
 	}
 	if got := c.Quota.Workflows["w"].Budgets[0]; got.CostUSD != 12_500_000_000 || got.Window.D() != 30*24*time.Hour {
 		t.Errorf("budget = %+v", got)
+	}
+}
+
+// The tls section is checked key by key, with lines; relative files are
+// resolved against the config's directory.
+func TestTLSValidation(t *testing.T) {
+	src := `server:
+  listen: ":8080"
+tls:
+  mode: acme
+  listen: ":8080"
+  redirect_port: 0
+  min_version: "1.1"
+  hsts: "31536000"
+  acme:
+    domains: ["*.example.com", "bad domain"]
+    ca: http://acme.example/dir
+    challenges: [dns-01]
+    on_demand: {enabled: true}
+`
+	_, err := ParseWith([]byte(src), "flowgate.yaml", LoadOptions{Getenv: noEnv})
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{
+		`flowgate.yaml:5: tls.listen: ":8080" clashes with server.listen`,
+		`flowgate.yaml:6: tls.redirect_port: must be a port from 1 to 65535`,
+		`flowgate.yaml:7: tls.min_version: must be "1.2" or "1.3"`,
+		`flowgate.yaml:8: tls.hsts: must start with max-age=`,
+		`tls.acme.domains[0]: "*.example.com": wildcard names need the DNS-01 challenge`,
+		`tls.acme.domains[1]: "bad domain" is not a domain name`,
+		`flowgate.yaml:11: tls.acme.ca: must be an https:// ACME directory URL`,
+		`tls.acme.challenges[0]: must be http-01 or tls-alpn-01, not "dns-01"`,
+		`tls.acme.on_demand.ask: is required with on_demand`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("errors lack %q:\n%v", want, err)
+		}
+	}
+	_, err = ParseWith([]byte("tls:\n  mode: files\n"), "f.yaml", LoadOptions{Getenv: noEnv})
+	if err == nil || !strings.Contains(err.Error(), "tls.cert_file: is required") || !strings.Contains(err.Error(), "tls.key_file: is required") {
+		t.Errorf("files without files: %v", err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "flowgate.yaml")
+	if err := os.WriteFile(path, []byte("tls:\n  mode: files\n  cert_file: certs/c.pem\n  key_file: /abs/k.pem\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadWith(path, LoadOptions{Getenv: noEnv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS.CertFile != filepath.Join(dir, "certs/c.pem") || c.TLS.KeyFile != "/abs/k.pem" || !c.TLS.RedirectOn() {
+		t.Errorf("tls = %+v", c.TLS)
 	}
 }

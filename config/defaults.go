@@ -105,6 +105,18 @@ func Default() Config {
 		},
 		Quota:    Quota{OnRedisError: "open"},
 		Metering: Metering{DefaultModel: "gpt-4o-mini"},
+		TLS: TLSServe{
+			Mode:         "off",
+			Listen:       ":8443",
+			RedirectHTTP: ptr(true),
+			RedirectPort: 443,
+			ACME: ACME{
+				CA:         LetsEncryptProduction,
+				Challenges: []string{"http-01", "tls-alpn-01"},
+			},
+			StorageDir: "/var/lib/flowgate/certs",
+			MinVersion: "1.2",
+		},
 	}
 }
 

@@ -497,6 +497,7 @@ func (d *decoder) secrets(c *Config, getenv func(string) string, dir string) {
 		}
 		return s
 	}
+	resolveTLSPaths(c, dir)
 	if p := c.Proxy.UpstreamTLS.CAFile; p != "" && !filepath.IsAbs(p) && dir != "" {
 		c.Proxy.UpstreamTLS.CAFile = filepath.Join(dir, p)
 	}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"reflect"
+	"sort"
 	"strings"
 	"sync"
 )
@@ -32,8 +33,12 @@ func suggest(t reflect.Type, parent, name string) string {
 			elsewhere = append(elsewhere, p)
 		}
 	}
-	if len(elsewhere) == 1 {
+	switch len(elsewhere) {
+	case 1:
 		return "; did you mean " + elsewhere[0] + "?"
+	case 2, 3:
+		sort.Strings(elsewhere)
+		return "; did you mean " + strings.Join(elsewhere[:len(elsewhere)-1], ", ") + " or " + elsewhere[len(elsewhere)-1] + "?"
 	}
 	return ""
 }

@@ -40,6 +40,7 @@ func (c *Config) validate() ErrorList {
 	v.cache()
 	v.quota()
 	v.metering()
+	v.tlsServe()
 	return v.errs
 }
 

@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/flowgate/flowgate/metrics"
 	"github.com/flowgate/flowgate/proxy"
 	"github.com/flowgate/flowgate/quota"
+	"github.com/flowgate/flowgate/tlsserve"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -284,6 +286,28 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		// Bodies get their own read deadline; responses an idle timeout.
 	}
 	servers := []*http.Server{main}
+	var tlsSrv *http.Server
+	if cfg.TLS.TLSOn() {
+		term, err := tlsserve.New(cfg.TLS, log.Named("tls"), reg)
+		if err != nil {
+			return err
+		}
+		// The same handler chain and limits as the plain listener; no
+		// ReadTimeout or WriteTimeout either, which would cut streams.
+		tlsSrv = &http.Server{
+			Addr:              cfg.TLS.Listen,
+			Handler:           term.HSTS(g),
+			TLSConfig:         term.TLSConfig(),
+			ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout.D(),
+			IdleTimeout:       cfg.Server.IdleTimeout.D(),
+			MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
+			ErrorLog:          term.ErrorLog(errLog),
+		}
+		if cfg.TLS.RedirectOn() {
+			main.Handler = term.Redirect()
+		}
+		servers = append(servers, tlsSrv)
+	}
 	var metricsSrv, adminSrv *http.Server
 	if cfg.Server.MetricsListen != "" {
 		metricsSrv = opsServer(cfg.Server.MetricsListen, opsHandler(reg, g), cfg.Server, errLog)
@@ -312,6 +336,12 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 	}
 	errc := make(chan error, len(servers))
 	for i, s := range servers {
+		if s == tlsSrv {
+			// ServeTLS sets up HTTP/2 beside HTTP/1.1 (ALPN); the
+			// certificates come from TLSConfig.GetCertificate.
+			go func() { errc <- s.ServeTLS(lns[i], "", "") }()
+			continue
+		}
 		go func() { errc <- s.Serve(lns[i]) }()
 	}
 	ups := make([]string, 0, len(cfg.Upstreams))
@@ -319,6 +349,7 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		ups = append(ups, u.URL)
 	}
 	log.Info("flowgate started", zap.String("version", version), zap.String("listen", main.Addr),
+		zap.String("tls_listen", boundAddr(tlsSrv)),
 		zap.String("metrics_listen", boundAddr(metricsSrv)), zap.String("admin_listen", boundAddr(adminSrv)),
 		zap.Strings("upstreams", ups))
 	_ = log.Sync() // the start line is what supervisors and tests wait for
@@ -351,12 +382,27 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 	}()
 	// The proxy listener drains first; ops and admin stay up meanwhile so
 	// /readyz reports the drain and metrics can be scraped to the end.
-	if err := main.Shutdown(ctx); err != nil {
-		log.Warn("drain deadline passed: closing the remaining connections", zap.Error(err))
-		main.Close()
+	// Both proxy listeners (plain and HTTPS) drain together.
+	proxies := []*http.Server{main}
+	if tlsSrv != nil {
+		proxies = append(proxies, tlsSrv)
 	}
-	for _, s := range servers[1:] {
-		s.Close()
+	var drained sync.WaitGroup
+	for _, s := range proxies {
+		drained.Add(1)
+		go func() {
+			defer drained.Done()
+			if err := s.Shutdown(ctx); err != nil {
+				log.Warn("drain deadline passed: closing the remaining connections", zap.String("listen", s.Addr), zap.Error(err))
+				s.Close()
+			}
+		}()
+	}
+	drained.Wait()
+	for _, s := range servers {
+		if s != main && s != tlsSrv {
+			s.Close()
+		}
 	}
 	log.Info("flowgate stopped")
 	return nil

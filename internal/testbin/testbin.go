@@ -43,6 +43,7 @@ func Build(t testing.TB) string {
 type Proc struct {
 	Cmd                    *exec.Cmd
 	Listen, Metrics, Admin string // bound addresses from the start line ("" when off)
+	TLS                    string // the HTTPS listener's bound address ("" when off)
 	// Logs receives its JSON log lines, those before the start line too;
 	// lines are dropped when nobody reads, so the process never blocks.
 	Logs   chan map[string]any
@@ -76,6 +77,7 @@ func Start(t testing.TB, bin string, env []string, args ...string) *Proc {
 			p.Listen, _ = line["listen"].(string)
 			p.Metrics, _ = line["metrics_listen"].(string)
 			p.Admin, _ = line["admin_listen"].(string)
+			p.TLS, _ = line["tls_listen"].(string)
 			break
 		}
 		p.send(line)
