@@ -8,7 +8,6 @@ package tlsserve
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"github.com/flowgate/flowgate/config"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -32,13 +32,26 @@ type Terminator struct {
 	files *fileCert
 	tc    *tls.Config
 
+	acme  *acmeState // mode acme
+
 	expiry     *prometheus.GaugeVec
 	handshakes *prometheus.CounterVec
 }
 
-// New builds the Terminator for a validated config with TLS on. Only mode
-// files is served so far; mode acme is refused with a clear error.
-func New(c config.TLSServe, log *zap.Logger, reg prometheus.Registerer) (*Terminator, error) {
+// Options are the Terminator's collaborators.
+type Options struct {
+	Logger   *zap.Logger // required
+	Registry prometheus.Registerer
+	// Storage keeps ACME accounts, certificates and locks (mode acme):
+	// Redis when several replicas share them; nil: files under
+	// tls.storage_dir.
+	Storage certmagic.Storage
+}
+
+// New builds the Terminator for a validated config with TLS on. In mode
+// acme, call Start once the listeners are bound.
+func New(c config.TLSServe, o Options) (*Terminator, error) {
+	log, reg := o.Logger, o.Registry
 	t := &Terminator{cfg: c, log: log}
 	t.expiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "flowgate", Name: "tls_certificate_expiry_timestamp_seconds",
@@ -61,13 +74,15 @@ func New(c config.TLSServe, log *zap.Logger, reg prometheus.Registerer) (*Termin
 		fc.log = log
 		t.files = fc
 		t.observe(fc.current.Load())
+		t.tc = t.policy()
+		t.tc.GetCertificate = t.files.get
 	case "acme":
-		return nil, errors.New("tls.mode acme: not available in this build yet; use mode files (or terminate TLS in front of flowgate)")
+		if err := t.newACME(o.Storage); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("tls.mode %q: TLS is off", c.Mode)
 	}
-	t.tc = t.policy()
-	t.tc.GetCertificate = t.files.get
 	return t, nil
 }
 

@@ -229,12 +229,14 @@ func grep(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-// Mode acme is refused at start until it is built, never silently served
-// as plain HTTP.
-func TestACMENotYetAvailable(t *testing.T) {
+// A ca_root that is not PEM stops the start with the key named.
+func TestACMEBadCARoot(t *testing.T) {
 	c := config.Default().TLS
 	c.Mode = "acme"
-	if _, err := tlsserve.New(c, zap.NewNop(), nil); err == nil || !strings.Contains(err.Error(), "tls.mode acme") {
-		t.Fatalf("acme: %v", err)
+	c.ACME.Domains = []string{"localhost"}
+	c.ACME.CARoot = filepath.Join(t.TempDir(), "root.pem")
+	os.WriteFile(c.ACME.CARoot, []byte("not pem"), 0o600)
+	if _, err := tlsserve.New(c, tlsserve.Options{Logger: zap.NewNop()}); err == nil || !strings.Contains(err.Error(), "tls.acme.ca_root") {
+		t.Fatalf("bad ca_root: %v", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/flowgate/flowgate/admin"
 	"github.com/flowgate/flowgate/cache"
+	"github.com/flowgate/flowgate/certstore"
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
 	"github.com/flowgate/flowgate/ledger"
@@ -287,11 +288,19 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 	}
 	servers := []*http.Server{main}
 	var tlsSrv *http.Server
+	var term *tlsserve.Terminator
 	if cfg.TLS.TLSOn() {
-		term, err := tlsserve.New(cfg.TLS, log.Named("tls"), reg)
-		if err != nil {
+		to := tlsserve.Options{Logger: log.Named("tls"), Registry: reg}
+		if rdb != nil {
+			// Replicas share accounts, certificates and locks: one orders,
+			// any answers a challenge, all serve the same certificate.
+			to.Storage = certstore.New(rdb, certstore.Options{Logger: log.Named("certstore")})
+		}
+		var err error
+		if term, err = tlsserve.New(cfg.TLS, to); err != nil {
 			return err
 		}
+		defer term.Close()
 		// The same handler chain and limits as the plain listener; no
 		// ReadTimeout or WriteTimeout either, which would cut streams.
 		tlsSrv = &http.Server{
@@ -303,9 +312,7 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 			MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 			ErrorLog:          term.ErrorLog(errLog),
 		}
-		if cfg.TLS.RedirectOn() {
-			main.Handler = term.Redirect()
-		}
+		main.Handler = term.PlainHandler(g)
 		servers = append(servers, tlsSrv)
 	}
 	var metricsSrv, adminSrv *http.Server
@@ -333,6 +340,14 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		// The bound address, for the start line: a port 0 becomes the
 		// port the kernel chose. Serve(ln) does not read Addr.
 		s.Addr = ln.Addr().String()
+	}
+	if term != nil {
+		if err := term.Start(portOf(lns[0]), portOf(lns[1])); err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return err
+		}
 	}
 	errc := make(chan error, len(servers))
 	for i, s := range servers {
@@ -463,6 +478,14 @@ func opsServer(addr string, h http.Handler, s config.Server, errLog *stdlog.Logg
 		MaxHeaderBytes:    opsMaxHeaderBytes,
 		ErrorLog:          errLog,
 	}
+}
+
+// portOf is the port a listener is bound to.
+func portOf(ln net.Listener) int {
+	if a, ok := ln.Addr().(*net.TCPAddr); ok {
+		return a.Port
+	}
+	return 0
 }
 
 // boundAddr is the address s listens on, or "" for a listener that is off.
