@@ -164,4 +164,3 @@ func (t *Terminator) PlainHandler(next http.Handler) http.Handler {
 	}
 	return h
 }
-

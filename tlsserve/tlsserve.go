@@ -32,7 +32,7 @@ type Terminator struct {
 	files *fileCert
 	tc    *tls.Config
 
-	acme  *acmeState // mode acme
+	acme *acmeState // mode acme
 
 	expiry     *prometheus.GaugeVec
 	handshakes *prometheus.CounterVec
