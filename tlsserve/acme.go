@@ -48,7 +48,15 @@ func (t *Terminator) newACME(storage certmagic.Storage) error {
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return cmCfg, nil },
 		Logger:           t.log.Named("certmagic"),
 	})
-	cmCfg = certmagic.New(st.cache, certmagic.Config{Storage: storage, Logger: t.log.Named("certmagic")})
+	cmCfg = certmagic.New(st.cache, certmagic.Config{Storage: storage, Logger: t.log.Named("certmagic"),
+		// A certificate obtained, renewed or loaded shows in the expiry
+		// metric at once, not at the next tick.
+		OnEvent: func(_ context.Context, event string, _ map[string]any) error {
+			if event == "cert_obtained" || event == "cached_managed_cert" {
+				go t.refreshExpiry()
+			}
+			return nil
+		}})
 	if a.OnDemand.Enabled {
 		ask := a.OnDemand.Ask
 		client := &http.Client{Timeout: 10 * time.Second}
@@ -121,22 +129,27 @@ func (t *Terminator) Start(httpPort, tlsPort int) error {
 	return nil
 }
 
-// watchExpiry keeps the expiry metric of managed certificates current.
+// watchExpiry keeps the expiry metric of managed certificates current
+// (renewals swap certificates in the cache; connections are not touched).
 func (t *Terminator) watchExpiry(ctx context.Context) {
-	tick := time.NewTicker(5 * time.Second)
+	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
 	for {
-		for _, d := range t.acme.domains {
-			for _, c := range t.acme.cache.AllMatchingCertificates(d) {
-				if c.Leaf != nil {
-					t.observe(&tls.Certificate{Leaf: c.Leaf})
-				}
-			}
-		}
+		t.refreshExpiry()
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+	}
+}
+
+func (t *Terminator) refreshExpiry() {
+	for _, d := range t.acme.domains {
+		for _, c := range t.acme.cache.AllMatchingCertificates(d) {
+			if c.Leaf != nil {
+				t.observe(&tls.Certificate{Leaf: c.Leaf})
+			}
 		}
 	}
 }

@@ -119,6 +119,23 @@ func TestACMEWithPebble(t *testing.T) {
 			if n := pb.Orders(); n != 1 {
 				t.Fatalf("%d orders reached Pebble, want 1", n)
 			}
+			// The expiry metric shows the obtained certificate.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				mres, err := http.Get("http://" + p.Metrics + "/metrics")
+				if err != nil {
+					t.Fatal(err)
+				}
+				m, _ := io.ReadAll(mres.Body)
+				mres.Body.Close()
+				if strings.Contains(string(m), `flowgate_tls_certificate_expiry_timestamp_seconds{domain="localhost"}`) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("no expiry metric for the ACME certificate")
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
 		})
 	}
 }
