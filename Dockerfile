@@ -71,9 +71,10 @@ COPY --from=build /out/flowgate /usr/local/bin/flowgate
 COPY --from=build --chown=65532:65532 /out/state /var/lib/flowgate
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 65532:65532
-# 8080: proxy listener. 9090: /metrics, /healthz, /readyz.
+# 8080: proxy listener. 8443: HTTPS (tls.listen, when tls.mode is on).
+# 9090: /metrics, /healthz, /readyz.
 # The admin API (9091) listens on loopback only and is not exposed.
-EXPOSE 8080 9090
+EXPOSE 8080 8443 9090
 # Liveness of the process, not of the upstreams: /healthz on the metrics
 # listener. Pass -url to the healthcheck if server.metrics_listen moves.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
