@@ -6,10 +6,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,5 +164,62 @@ func TestACMESharedThroughRedis(t *testing.T) {
 	}
 	if n := pb.Orders(); n != 1 {
 		t.Fatalf("%d orders reached Pebble, want exactly 1", n)
+	}
+}
+
+// On demand, a certificate is ordered at the first handshake for a name,
+// and only for a name the ask endpoint approves: another SNI gets no
+// certificate and orders nothing.
+func TestACMEOnDemandAsks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	up, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	var asked []string
+	var mu sync.Mutex
+	ask := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d := r.URL.Query().Get("domain")
+		mu.Lock()
+		asked = append(asked, d)
+		mu.Unlock()
+		if d != "localhost" {
+			http.Error(w, "no", http.StatusForbidden)
+		}
+	}))
+	t.Cleanup(ask.Close)
+	ports := freePorts(t, 2)
+	pb := testpebble.Start(t, testpebble.Options{HTTPPort: ports[0], TLSPort: ports[1]})
+	dir := t.TempDir()
+	y := "server:\n  listen: 127.0.0.1:" + strconv.Itoa(ports[0]) + "\n  metrics_listen: \"\"\n  admin_listen: \"\"\n" +
+		"upstreams:\n  - url: " + up.URL() + "\n" +
+		"tls:\n  mode: acme\n  listen: 127.0.0.1:" + strconv.Itoa(ports[1]) + "\n  storage_dir: " + filepath.Join(dir, "certs") + "\n" +
+		"  acme:\n    email: ops@flowgate.test\n    ca: " + pb.DirectoryURL() + "\n    ca_root: " + pb.CARootPEMFile() +
+		"\n    challenges: [http-01]\n    on_demand: {enabled: true, ask: \"" + ask.URL + "\"}\n"
+	cfg := filepath.Join(dir, "flowgate.yaml")
+	if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := testbin.Start(t, testbin.Build(t), nil, "-config", cfg)
+	// A name the endpoint refuses: no certificate, no order.
+	if conn, err := tls.Dial("tcp", p.TLS, &tls.Config{ServerName: "evil.example", InsecureSkipVerify: true}); err == nil {
+		conn.Close()
+		t.Fatal("a certificate was served for a name the ask endpoint refused")
+	}
+	if n := pb.Orders(); n != 0 {
+		t.Fatalf("%d orders for a refused name", n)
+	}
+	// An approved one: ordered at its first handshake.
+	servedCert(t, p.TLS, pb.IssuerRoots(t), pb.Intermediates(t))
+	if n := pb.Orders(); n != 1 {
+		t.Fatalf("%d orders, want 1", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(asked, "evil.example") || !slices.Contains(asked, "localhost") {
+		t.Fatalf("asked about %v", asked)
 	}
 }
