@@ -70,7 +70,7 @@ func New(c config.TLSServe, o Options) (*Terminator, error) {
 		if err != nil {
 			return nil, err
 		}
-		fc.onLoad = t.observe
+		fc.onLoad = t.replaced
 		fc.log = log
 		t.files = fc
 		t.observe(fc.current.Load())
@@ -111,6 +111,13 @@ func (t *Terminator) policy() *tls.Config {
 // TLSConfig is the configuration of the HTTPS listener's http.Server.
 func (t *Terminator) TLSConfig() *tls.Config { return t.tc }
 
+// replaced records the files' new certificate: the names of the old one
+// leave the metric, so no alert fires for a name no longer served.
+func (t *Terminator) replaced(c *tls.Certificate) {
+	t.expiry.Reset()
+	t.observe(c)
+}
+
 // observe records a certificate's expiry under each of its names.
 func (t *Terminator) observe(c *tls.Certificate) {
 	if c == nil || c.Leaf == nil {
@@ -138,9 +145,11 @@ func (t *Terminator) HSTS(next http.Handler) http.Handler {
 }
 
 // Redirect is the plain listener's handler with TLS on: a 301 to the same
-// path and query on https, at redirect_port (left out when 443). A GET or
-// HEAD keeps its method through a 301; other methods are told with 308,
-// which keeps the method and body.
+// path and query on https, at redirect_port (left out when 443). Methods
+// other than GET and HEAD get a 308, which keeps the method and body. Only
+// a host the gateway serves a certificate for is redirected to: a Host
+// header is the client's to choose, and a cacheable 301 to any host it
+// names would let one request poison a shared cache for everyone.
 func (t *Terminator) Redirect() http.Handler {
 	port := ""
 	if t.cfg.RedirectPort != 443 {
@@ -151,12 +160,14 @@ func (t *Terminator) Redirect() http.Handler {
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
-		if host == "" || strings.ContainsAny(host, "/\\@ ") {
-			http.Error(w, "flowgate: a request for https needs a Host", http.StatusBadRequest)
+		host = strings.ToLower(strings.Trim(host, "[]"))
+		if !strings.HasPrefix(r.URL.Path, "/") || !t.serves(host) {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "flowgate: this address serves HTTPS only, for the names on its certificate", http.StatusBadRequest)
 			return
 		}
 		if strings.Contains(host, ":") { // IPv6 literal
-			host = "[" + strings.Trim(host, "[]") + "]"
+			host = "[" + host + "]"
 		}
 		code := http.StatusMovedPermanently
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -165,6 +176,39 @@ func (t *Terminator) Redirect() http.Handler {
 		w.Header().Set("Connection", "close")
 		http.Redirect(w, r, "https://"+host+port+r.URL.RequestURI(), code)
 	})
+}
+
+// serves reports whether a certificate the gateway serves names host: the
+// files' certificate (its DNS names and IP addresses), or an ACME domain
+// or a name certmagic holds a certificate for (on demand).
+func (t *Terminator) serves(host string) bool {
+	if host == "" {
+		return false
+	}
+	if t.files != nil {
+		c := t.files.current.Load()
+		if c == nil || c.Leaf == nil {
+			return false
+		}
+		if ip := net.ParseIP(host); ip != nil {
+			for _, a := range c.Leaf.IPAddresses {
+				if a.Equal(ip) {
+					return true
+				}
+			}
+			return false
+		}
+		return c.Leaf.VerifyHostname(host) == nil
+	}
+	if t.acme != nil {
+		for _, d := range t.acme.domains {
+			if strings.EqualFold(d, host) {
+				return true
+			}
+		}
+		return len(t.acme.cache.AllMatchingCertificates(host)) > 0
+	}
+	return false
 }
 
 // ErrorLog wraps the HTTPS server's error log: net/http reports a failed
@@ -180,11 +224,15 @@ type errorLogWriter struct {
 }
 
 func (w errorLogWriter) Write(p []byte) (int, error) {
-	line := string(p)
+	line := strings.TrimSuffix(string(p), "\n")
 	if _, reason, ok := strings.Cut(line, "TLS handshake error from "); ok {
+		// Counted, and logged at debug only: every scanner on the
+		// internet fails a handshake, and the metric says how many.
 		w.t.handshakes.WithLabelValues(handshakeReason(reason)).Inc()
+		w.t.log.Debug(line)
+		return len(p), nil
 	}
-	w.base.Print(strings.TrimSuffix(line, "\n"))
+	w.base.Print(line)
 	return len(p), nil
 }
 

@@ -205,6 +205,27 @@ func TestFilesModeOverHTTP2(t *testing.T) {
 	if res.StatusCode != 301 || res.Header.Get("Location") != "https://127.0.0.1:8443/api/v1/prediction/x?a=1" {
 		t.Fatalf("redirect: %d %q", res.StatusCode, res.Header.Get("Location"))
 	}
+	// A POST keeps its method (308); a Host the certificate does not name
+	// is not redirected anywhere (a cacheable 301 to any host would let
+	// one request poison a shared cache).
+	res, err = nr.Post("http://"+p.Listen+"/api/v1/prediction/x", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 308 {
+		t.Fatalf("POST redirect: %d", res.StatusCode)
+	}
+	req, _ = http.NewRequest("GET", "http://"+p.Listen+"/x", nil)
+	req.Host = "evil.example"
+	res, err = nr.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 400 || res.Header.Get("Location") != "" {
+		t.Fatalf("foreign Host: %d %q", res.StatusCode, res.Header.Get("Location"))
+	}
 
 	// The metrics: expiry of the served certificate, failed handshakes.
 	mres, err := http.Get("http://" + p.Metrics + "/metrics")
@@ -214,7 +235,8 @@ func TestFilesModeOverHTTP2(t *testing.T) {
 	m, _ := io.ReadAll(mres.Body)
 	mres.Body.Close()
 	if !strings.Contains(string(m), `flowgate_tls_certificate_expiry_timestamp_seconds{domain="localhost"}`) ||
-		!strings.Contains(string(m), `flowgate_tls_handshake_errors_total{reason=`) {
+		!strings.Contains(string(m), `flowgate_tls_handshake_errors_total{reason="protocol_version"}`) ||
+		!strings.Contains(string(m), `flowgate_tls_handshake_errors_total{reason="cipher_suite"}`) {
 		t.Errorf("tls metrics missing:\n%s", grep(string(m), "flowgate_tls"))
 	}
 }
