@@ -30,6 +30,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"github.com/flowgate/flowgate/internal/flock"
 	"maps"
 	"math/big"
 	"net"
@@ -42,7 +43,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -333,7 +333,7 @@ func buildH2spec() (string, error) {
 	}
 	// Tests of several packages (or go test -count) may run at once: one
 	// builds, the others wait on the lock and then find the binary.
-	err = withFileLock(filepath.Join(dir, "lock"), func() error {
+	err = flock.Do(filepath.Join(dir, "lock"), func() error {
 		if _, err := os.Stat(bin); err == nil {
 			return nil
 		}
@@ -368,26 +368,6 @@ func buildH2spec() (string, error) {
 		return "", err
 	}
 	return bin, nil
-}
-
-// withFileLock runs f holding an exclusive flock on path.
-func withFileLock(path string, f func() error) error {
-	l, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	for {
-		err = syscall.Flock(int(l.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", path, err)
-	}
-	defer syscall.Flock(int(l.Fd()), syscall.LOCK_UN)
-	return f()
 }
 
 // ---- testssl ---------------------------------------------------------

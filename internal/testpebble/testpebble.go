@@ -22,8 +22,8 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
+	"github.com/flowgate/flowgate/internal/flock"
 	"io"
 	"net"
 	"net/http"
@@ -34,7 +34,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -415,7 +414,7 @@ func doInstall() installation {
 	if _, err := os.Stat(inst.bin); err != nil {
 		// Tests of several packages run at once: one builds, the others
 		// wait on the lock and then find the binary.
-		if inst.err = withLock(filepath.Join(dir, "lock"), func() error {
+		if inst.err = flock.Do(filepath.Join(dir, "lock"), func() error {
 			if _, err := os.Stat(inst.bin); err == nil {
 				return nil
 			}
@@ -456,26 +455,6 @@ func doInstall() installation {
 		}
 	}
 	return inst
-}
-
-// withLock runs f holding an exclusive flock on path.
-func withLock(path string, f func() error) error {
-	l, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	for {
-		err = syscall.Flock(int(l.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", path, err)
-	}
-	defer syscall.Flock(int(l.Fd()), syscall.LOCK_UN)
-	return f()
 }
 
 // freePorts returns n distinct TCP ports of 127.0.0.1 that were free a
