@@ -14,7 +14,8 @@ const namespace = "flowgate"
 
 // Metrics holds the gateway's collectors.
 type Metrics struct {
-	*Usage           // quotas and metering
+	*Usage                 // quotas and metering
+	seed             *seed // the seed dashboard's flowise_* metrics
 	requests         *prometheus.CounterVec
 	duration         *prometheus.HistogramVec
 	upstreamFailures *prometheus.CounterVec
@@ -38,6 +39,7 @@ type seriesKey struct {
 type requestSeries struct {
 	count    prometheus.Counter
 	duration prometheus.Observer
+	seed     prometheus.Observer // flowise_http_request_duration_seconds
 }
 
 // New creates the collectors and registers them on reg.
@@ -84,6 +86,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"level"}),
 	}
 	m.Usage = NewUsage(reg, DefaultMaxWorkflows)
+	m.seed = newSeed(reg)
 	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut, m.cacheRequests, m.cacheErrors)
 	return m
 }
@@ -120,11 +123,14 @@ func (m *Metrics) ObserveRequest(route, method string, code int, d time.Duration
 		v, _ = m.series.LoadOrStore(k, &requestSeries{
 			count:    m.requests.WithLabelValues(k.route, k.method, codeString(code)),
 			duration: m.duration.WithLabelValues(route),
+			seed:     m.seedRequest(route, k.method, code),
 		})
 	}
 	s := v.(*requestSeries)
 	s.count.Inc()
-	s.duration.Observe(d.Seconds())
+	sec := d.Seconds()
+	s.duration.Observe(sec)
+	s.seed.Observe(sec)
 }
 
 // UpstreamFailure counts a failed attempt.

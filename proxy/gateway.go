@@ -293,6 +293,8 @@ type reqState struct {
 
 	cache cacheState
 
+	runStarted bool // a flow run was sent upstream (the seed's executions metric)
+
 	quota       quota.Decision
 	quotaOn     bool   // quota holds an admission to settle
 	quotaCaller string // the policy's caller key
@@ -444,6 +446,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.tried |= 1 << uint(idx)
 		if st.attempts > 0 {
 			g.metrics.Retry() // counted once it is sent, not when hoped for
+		} else if st.info.Runs && r.Method == http.MethodPost {
+			st.runStarted = true
+			g.metrics.RunStarted(flow.CanonicalID(st.info.WorkflowID))
 		}
 		st.attempts++
 		st.up = up
@@ -662,6 +667,10 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 		g.metrics.ResponseCut(st.cut)
 	}
 	g.metrics.ObserveRequest(st.info.Route, r.Method, st.status, d)
+	if st.runStarted {
+		s := st.upstreamStatus
+		g.metrics.RunEnded(flow.CanonicalID(st.info.WorkflowID), s >= 200 && s < 300 && st.cut == "" && st.ub.eof, d)
+	}
 	if g.access != nil {
 		g.logAccess(r, st, end, d)
 	}

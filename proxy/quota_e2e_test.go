@@ -318,6 +318,16 @@ func TestMeteringExact(t *testing.T) {
 		!strings.Contains(m, `flowgate_tokens_total{direction="output",model="gpt-4o-mini",source="reported",workflow_id="`+agentJSON+`"} `+strconv.FormatInt(wantOut, 10)) {
 		t.Errorf("token metrics missing:\n%s", grepLines(m, "flowgate_tokens_total"))
 	}
+	// The seed dashboard's run counters, from the same requests.
+	for _, want := range []string{
+		`flowise_workflow_executions_total{status="started",workflow_id="` + agentJSON + `"} 3`,
+		`flowise_workflow_executions_total{status="completed",workflow_id="` + agentStream + `"} 3`,
+		`flowise_workflow_execution_duration_seconds_count{workflow_id="` + classic + `"} 2`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("missing %s:\n%s", want, grepLines(m, "flowise_workflow"))
+		}
+	}
 }
 
 func scrape(t *testing.T, addr string) string {

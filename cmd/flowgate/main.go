@@ -283,6 +283,7 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		IdleTimeout:       cfg.Server.IdleTimeout.D(),
 		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 		ErrorLog:          errLog,
+		ConnState:         m.ConnState,
 		// No ReadTimeout or WriteTimeout: either would cut long streams.
 		// Bodies get their own read deadline; responses an idle timeout.
 	}
@@ -311,6 +312,7 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 			IdleTimeout:       cfg.Server.IdleTimeout.D(),
 			MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 			ErrorLog:          term.ErrorLog(errLog),
+			ConnState:         m.ConnState,
 		}
 		main.Handler = term.PlainHandler(g)
 		servers = append(servers, tlsSrv)

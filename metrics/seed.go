@@ -1,0 +1,137 @@
+package metrics
+
+import (
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The seed's metrics: the names, labels and buckets its metrics.js
+// defined, so the Grafana dashboard built on them reads flowgate unchanged.
+// They sit beside flowgate's own (flowgate_*), which follow Prometheus's
+// naming; both come from the same observations.
+type seed struct {
+	httpDuration *prometheus.HistogramVec
+	executions   *prometheus.CounterVec
+	execDuration *prometheus.HistogramVec
+	activeConns  atomic.Int64
+
+	cpuMu   sync.Mutex
+	cpuLast time.Duration // process CPU time at the last scrape
+	cpuWall time.Time
+}
+
+func newSeed(reg prometheus.Registerer) *seed {
+	s := &seed{
+		httpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "flowise_http_request_duration_seconds",
+			Help:    "Duration of HTTP requests in seconds (the seed's metric; route is a template).",
+			Buckets: []float64{0.1, 0.5, 1, 2, 5, 10},
+		}, []string{"method", "route", "status_code"}),
+		executions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flowise_workflow_executions_total",
+			Help: "Flow runs by workflow and status: started (sent to the flow server), completed (a whole 2xx answer), failed (any other end).",
+		}, []string{"workflow_id", "status"}),
+		execDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "flowise_workflow_execution_duration_seconds",
+			Help:    "Duration of flow runs in seconds, by workflow.",
+			Buckets: []float64{1, 5, 10, 30, 60, 120, 300},
+		}, []string{"workflow_id"}),
+		cpuWall: time.Now(),
+	}
+	s.cpuLast = processCPU()
+	reg.MustRegister(s.httpDuration, s.executions, s.execDuration,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "flowise_active_connections",
+			Help: "Client connections open on the proxy listeners.",
+		}, func() float64 { return float64(s.activeConns.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "flowise_memory_usage_bytes",
+			Help: "Resident memory of the gateway process in bytes.",
+		}, residentBytes),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "flowise_cpu_usage_percentage",
+			Help: "CPU the gateway process used since the previous scrape, in percent of one core (user + system time over wall time).",
+		}, s.cpuPercent),
+	)
+	return s
+}
+
+// seedRequest is the seed histogram's series of one label set.
+func (m *Metrics) seedRequest(route, method string, code int) prometheus.Observer {
+	return m.seed.httpDuration.WithLabelValues(method, route, strconv.Itoa(code))
+}
+
+// RunStarted counts a flow run sent to the flow server.
+func (m *Metrics) RunStarted(workflow string) {
+	m.seed.executions.WithLabelValues(m.Usage.workflow(workflow), "started").Inc()
+}
+
+// RunEnded counts a run's end, completed or failed, and its duration.
+func (m *Metrics) RunEnded(workflow string, completed bool, d time.Duration) {
+	wf := m.Usage.workflow(workflow)
+	status := "failed"
+	if completed {
+		status = "completed"
+	}
+	m.seed.executions.WithLabelValues(wf, status).Inc()
+	m.seed.execDuration.WithLabelValues(wf).Observe(d.Seconds())
+}
+
+// ConnState keeps flowise_active_connections: pass it as the proxy
+// listeners' http.Server.ConnState.
+func (m *Metrics) ConnState(_ net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
+		m.seed.activeConns.Add(1)
+	case http.StateHijacked, http.StateClosed:
+		m.seed.activeConns.Add(-1)
+	}
+}
+
+// cpuPercent is the process's CPU time over wall time since the last
+// scrape (the seed computed it from a variable it never set).
+func (s *seed) cpuPercent() float64 {
+	s.cpuMu.Lock()
+	defer s.cpuMu.Unlock()
+	now, cpu := time.Now(), processCPU()
+	wall := now.Sub(s.cpuWall)
+	used := cpu - s.cpuLast
+	s.cpuWall, s.cpuLast = now, cpu
+	if wall <= 0 {
+		return 0
+	}
+	return 100 * used.Seconds() / wall.Seconds()
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// residentBytes is the process's resident set (Linux /proc), or the Go
+// runtime's own total where /proc is not there.
+func residentBytes() float64 {
+	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 1 {
+			if pages, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+				return float64(pages * int64(os.Getpagesize()))
+			}
+		}
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return float64(ms.Sys)
+}
