@@ -19,6 +19,7 @@ type Config struct {
 	Quota     Quota      `yaml:"quota"`
 	Metering  Metering   `yaml:"metering"`
 	TLS       TLSServe   `yaml:"tls"`
+	Metrics   Metrics    `yaml:"metrics"`
 
 	// src maps key paths to file lines so Validate can name them; nil for
 	// a config built in code. Not part of the YAML schema.
@@ -264,6 +265,14 @@ type CachePolicy struct {
 	// sessionId may be answered from the cache too. Default false: a
 	// conversation is never served a stored turn.
 	Stateless *bool `yaml:"stateless"`
+}
+
+// Metrics configures the Prometheus metrics.
+type Metrics struct {
+	// MaxWorkflows bounds the workflow_id label: past this many distinct
+	// ids, the rest are counted under "other", so a client spraying
+	// random ids cannot grow the metrics' memory. Default 1000.
+	MaxWorkflows int `yaml:"max_workflows"`
 }
 
 // Bool reads an optional boolean with its default.

@@ -105,6 +105,7 @@ func Default() Config {
 		},
 		Quota:    Quota{OnRedisError: "open"},
 		Metering: Metering{DefaultModel: "gpt-4o-mini"},
+		Metrics:  Metrics{MaxWorkflows: 1000},
 		TLS: TLSServe{
 			Mode:         "off",
 			Listen:       ":8443",

@@ -41,6 +41,7 @@ func (c *Config) validate() ErrorList {
 	v.quota()
 	v.metering()
 	v.tlsServe()
+	v.atLeast("metrics.max_workflows", v.c.Metrics.MaxWorkflows, 1)
 	return v.errs
 }
 

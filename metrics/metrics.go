@@ -42,8 +42,18 @@ type requestSeries struct {
 	seed     prometheus.Observer // flowise_http_request_duration_seconds
 }
 
-// New creates the collectors and registers them on reg.
-func New(reg prometheus.Registerer) *Metrics {
+// Options adjust NewWith.
+type Options struct {
+	// MaxWorkflows bounds the workflow_id label (metrics.max_workflows);
+	// 0 means DefaultMaxWorkflows.
+	MaxWorkflows int
+}
+
+// New creates the collectors with the defaults and registers them on reg.
+func New(reg prometheus.Registerer) *Metrics { return NewWith(reg, Options{}) }
+
+// NewWith creates the collectors and registers them on reg.
+func NewWith(reg prometheus.Registerer, o Options) *Metrics {
 	m := &Metrics{
 		reg: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -85,7 +95,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:      "Cache operations that failed and were skipped, by level (memory, redis).",
 		}, []string{"level"}),
 	}
-	m.Usage = NewUsage(reg, DefaultMaxWorkflows)
+	m.Usage = NewUsage(reg, o.MaxWorkflows)
 	m.seed = newSeed(reg)
 	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut, m.cacheRequests, m.cacheErrors)
 	return m

@@ -207,7 +207,7 @@ func newLogger(level string, out zapcore.WriteSyncer) (*zap.Logger, error) {
 
 func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakeflow.Instance) error {
 	reg := newRegistry()
-	m := metrics.New(reg)
+	m := metrics.NewWith(reg, metrics.Options{MaxWorkflows: cfg.Metrics.MaxWorkflows})
 	rdb := redisClient(cfg.Redis, log)
 	if rdb != nil {
 		defer rdb.Close()
