@@ -2,6 +2,7 @@ package metering
 
 import (
 	"encoding/json"
+	"strings"
 
 	"github.com/flowgate/flowgate/flow"
 )
@@ -53,9 +54,10 @@ type Meter struct {
 	noAnswer bool // NoAnswer was called: estimate the request alone
 	bodyOver bool // the JSON answer was too large, or the Budget refused: not parsed
 
-	exec    tally // the last agentFlowExecutedData
-	usageEv tally // usageMetadata events, used when no agentFlowExecutedData reported usage
-	openAI  tally // a JSON answer's OpenAI-style usage object
+	exec    tally     // the last agentFlowExecutedData
+	nodes   []NodeRun // its nodes
+	usageEv tally     // usageMetadata events, used when no agentFlowExecutedData reported usage
+	openAI  tally     // a JSON answer's OpenAI-style usage object
 
 	done   bool
 	result Usage
@@ -94,6 +96,8 @@ func (m *Meter) Release() {
 		m.parts = nil
 	}
 	m.exec.reset()
+	clear(m.nodes)
+	m.nodes = m.nodes[:0]
 	m.usageEv.reset()
 	m.openAI.reset()
 	m.cfg, m.bud, m.workflow = nil, nil, ""
@@ -265,6 +269,9 @@ func (m *Meter) Finish() Usage {
 	default:
 		m.result = m.estimate(m.writes && !parsed)
 	}
+	if len(m.nodes) > 0 {
+		m.result.Nodes = append([]NodeRun(nil), m.nodes...)
+	}
 	return m.result
 }
 
@@ -325,8 +332,15 @@ func (m *Meter) executedData(v []byte) {
 		return
 	}
 	m.exec.reset()
+	clear(m.nodes)
+	m.nodes = m.nodes[:0]
 	for node, ok := nodes.next(); ok; node, ok = nodes.next() {
 		data := member(node, "data")
+		if len(m.nodes) < maxNodes {
+			if typ := stringValue(member(data, "name")); typ != "" {
+				m.nodes = append(m.nodes, NodeRun{Type: typ, Status: strings.ToLower(stringValue(member(node, "status")))})
+			}
+		}
 		out := member(data, "output")
 		if um := member(out, "usageMetadata"); um != nil {
 			m.addUsage(&m.exec, um, nodeModel(data, out))

@@ -100,7 +100,7 @@ func TestSamplesAgentflow(t *testing.T) {
 			m := meterFor(testConfig, nil)
 			m.Request([]byte(`{"question":"hi"}`))
 			feedJSON(m, sampleBody(t, "20-agentflow-nonstream.txt"), chunk)
-			if got := m.Finish(); !reflect.DeepEqual(got, want) {
+			if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 				t.Errorf("Finish = %+v, want %+v", got, want)
 			}
 		})
@@ -108,7 +108,7 @@ func TestSamplesAgentflow(t *testing.T) {
 			m := meterFor(testConfig, nil)
 			m.Request([]byte(`{"question":"hi","streaming":true}`))
 			feedSSE(m, sampleBody(t, "21-agentflow-stream.txt"), chunk)
-			if got := m.Finish(); !reflect.DeepEqual(got, want) {
+			if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 				t.Errorf("Finish = %+v, want %+v", got, want)
 			}
 		})
@@ -118,7 +118,7 @@ func TestSamplesAgentflow(t *testing.T) {
 	t.Run("no config", func(t *testing.T) {
 		m := meterFor(nil, nil)
 		feedSSE(m, sampleBody(t, "21-agentflow-stream.txt"), 0)
-		if got := m.Finish(); !reflect.DeepEqual(got, want) {
+		if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 			t.Errorf("Finish = %+v, want %+v", got, want)
 		}
 	})
@@ -141,13 +141,13 @@ func TestSamplesChatflow(t *testing.T) {
 		m := meterFor(testConfig, nil)
 		m.Request([]byte(`{"question":"hi"}`))
 		feedJSON(m, sampleBody(t, "10-prediction-nonstream.txt"), chunk)
-		if got := m.Finish(); !reflect.DeepEqual(got, want) {
+		if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 			t.Errorf("10 nonstream chunk %d: Finish = %+v, want %+v", chunk, got, want)
 		}
 		m = meterFor(testConfig, nil)
 		m.Request([]byte(`{"question":"hi","streaming":true}`))
 		feedSSE(m, sampleBody(t, "11-prediction-stream.txt"), chunk)
-		if got := m.Finish(); !reflect.DeepEqual(got, want) {
+		if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 			t.Errorf("11 stream chunk %d: Finish = %+v, want %+v", chunk, got, want)
 		}
 	}
@@ -189,7 +189,7 @@ func TestCumulativeExecutedData(t *testing.T) {
 	for _, f := range stream {
 		m.Event(f)
 	}
-	if got := m.Finish(); !reflect.DeepEqual(got, want) {
+	if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 		t.Errorf("stream: Finish = %+v, want %+v", got, want)
 	}
 
@@ -204,7 +204,7 @@ func TestCumulativeExecutedData(t *testing.T) {
 	for name, body := range answers {
 		m := meterFor(testConfig, nil)
 		feedJSON(m, []byte(body), 5)
-		if got := m.Finish(); !reflect.DeepEqual(got, want) {
+		if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 			t.Errorf("%s JSON: Finish = %+v, want %+v", name, got, want)
 		}
 	}
@@ -213,7 +213,7 @@ func TestCumulativeExecutedData(t *testing.T) {
 	for _, f := range stream {
 		m.Event([]byte(pythonSpacing(reorder(string(f)))))
 	}
-	if got := m.Finish(); !reflect.DeepEqual(got, want) {
+	if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 		t.Errorf("python stream: Finish = %+v, want %+v", got, want)
 	}
 }
@@ -264,7 +264,7 @@ func TestUsageMetadataEventOnly(t *testing.T) {
 	m.Event(frame("token", `"Hello"`))
 	m.Event(frame("usageMetadata", `{"input_tokens":11,"output_tokens":6,"total_tokens":17}`))
 	want := Usage{Source: SourceReported, Models: []ModelUsage{{Model: "gpt-4o-mini", Input: 11, Output: 6, CostNano: 5250, Priced: true}}}
-	if got := m.Finish(); !reflect.DeepEqual(got, want) {
+	if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 		t.Errorf("Finish = %+v, want %+v", got, want)
 	}
 }
@@ -306,7 +306,7 @@ func TestModelFallback(t *testing.T) {
 	m.Reset(&Config{}, nil, "wf")
 	m.Event(frame("agentFlowExecutedData", `[{"data":{"output":{"usageMetadata":{"input_tokens":5,"output_tokens":7},"responseMetadata":{"model_name":"Local-Llama"}}}}]`))
 	want := Usage{Source: SourceReported, Models: []ModelUsage{{Model: "Local-Llama", Input: 5, Output: 7}}}
-	if got := m.Finish(); !reflect.DeepEqual(got, want) {
+	if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 		t.Errorf("unpriced: Finish = %+v, want %+v", got, want)
 	}
 
@@ -314,7 +314,7 @@ func TestModelFallback(t *testing.T) {
 	m.Reset(&Config{}, nil, "wf")
 	m.Event(frame("agentFlowExecutedData", `[{"data":{"input":{"agentModelConfig":{"modelName":"gpt-4.1-mini"}},"output":{"usageMetadata":{"input_tokens":1000,"output_tokens":1000}}}}]`))
 	want = Usage{Source: SourceReported, Models: []ModelUsage{{Model: "gpt-4.1-mini", Input: 1000, Output: 1000, CostNano: 2_000_000, Priced: true}}}
-	if got := m.Finish(); !reflect.DeepEqual(got, want) {
+	if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 		t.Errorf("agent config model: Finish = %+v, want %+v", got, want)
 	}
 }
@@ -388,7 +388,7 @@ func TestTruncatedExecutedData(t *testing.T) {
 		m.Event(ev.Data)
 	})
 	want := Usage{Source: SourceReported, Models: []ModelUsage{{Model: "gpt-4o-mini", Input: 11, Output: 20000, CostNano: gpt4oMiniNano(11, 20000), Priced: true}}}
-	if got := m.Finish(); truncated != 1 || !reflect.DeepEqual(got, want) {
+	if got := tokensOnly(m.Finish()); truncated != 1 || !reflect.DeepEqual(got, want) {
 		t.Errorf("%d truncated; Finish = %+v, want %+v", truncated, got, want)
 	}
 }
@@ -429,7 +429,7 @@ func TestOpenAIUsage(t *testing.T) {
 		m := meterFor(testConfig, nil)
 		feedJSON(m, []byte(body), 0)
 		want := Usage{Source: SourceReported, Models: []ModelUsage{{Model: "gpt-4o-mini", Input: 11, Output: 6, CostNano: 5250, Priced: true}}}
-		if got := m.Finish(); !reflect.DeepEqual(got, want) {
+		if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 			t.Errorf("%s: Finish = %+v, want %+v", body, got, want)
 		}
 	}
@@ -717,7 +717,7 @@ func TestFakeflow(t *testing.T) {
 				} else {
 					feedJSON(m, rec.Body.Bytes(), 4096)
 				}
-				if got := m.Finish(); !reflect.DeepEqual(got, want) {
+				if got := tokensOnly(m.Finish()); !reflect.DeepEqual(got, want) {
 					t.Errorf("question %.20q, %d tokens, stream %v: Finish = %+v, want %+v", question, n, stream, got, want)
 				}
 			}
@@ -764,4 +764,29 @@ func TestNoAnswerEstimatesInput(t *testing.T) {
 	if u.Source != SourceEstimated || u.Input() <= 0 || u.Output() != 0 || u.CostNano() <= 0 {
 		t.Fatalf("NoAnswer: %+v", u)
 	}
+}
+
+// The nodes of the last agentFlowExecutedData are reported with their
+// type and status, for the seed's node metric.
+func TestNodesReported(t *testing.T) {
+	var m Meter
+	m.Reset(nil, nil, "wf")
+	defer m.Release()
+	for _, ev := range []string{
+		`{"event":"agentFlowExecutedData","data":[{"nodeId":"s","status":"FINISHED","data":{"name":"startAgentflow"}}]}`,
+		`{"event":"agentFlowExecutedData","data":[{"nodeId":"s","status":"FINISHED","data":{"name":"startAgentflow"}},{"nodeId":"l","status":"ERROR","data":{"name":"llmAgentflow","output":{}}}]}`,
+	} {
+		m.Event([]byte(ev))
+	}
+	u := m.Finish()
+	if len(u.Nodes) != 2 || u.Nodes[0] != (NodeRun{"startAgentflow", "finished"}) || u.Nodes[1] != (NodeRun{"llmAgentflow", "error"}) {
+		t.Fatalf("nodes %+v", u.Nodes)
+	}
+}
+
+// tokensOnly is u without its nodes: the tests of tokens and costs
+// compare those alone (TestNodesReported covers the nodes).
+func tokensOnly(u Usage) Usage {
+	u.Nodes = nil
+	return u
 }

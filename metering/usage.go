@@ -37,7 +37,20 @@ type Usage struct {
 	Source string
 	// Models has one entry per model, in first-seen order; usually one.
 	Models []ModelUsage
+	// Nodes are the nodes of an Agentflow run, as its last
+	// agentFlowExecutedData reports them (at most maxNodes).
+	Nodes []NodeRun
 }
+
+// NodeRun is one node of an Agentflow run: its type (the node's data.name,
+// e.g. llmAgentflow) and its status as Flowise reports it, lower-cased
+// (finished, error, stopped, terminated, inprogress).
+type NodeRun struct {
+	Type, Status string
+}
+
+// maxNodes bounds the nodes kept of one run.
+const maxNodes = 256
 
 // Input is the input tokens of all models.
 func (u Usage) Input() int64 {

@@ -23,7 +23,11 @@ type seed struct {
 	httpDuration *prometheus.HistogramVec
 	executions   *prometheus.CounterVec
 	execDuration *prometheus.HistogramVec
+	nodes        *prometheus.CounterVec
 	activeConns  atomic.Int64
+
+	typesMu sync.Mutex
+	types   map[string]struct{} // node types seen, bounded like workflows
 
 	cpuMu   sync.Mutex
 	cpuLast time.Duration // process CPU time at the last scrape
@@ -46,10 +50,15 @@ func newSeed(reg prometheus.Registerer) *seed {
 			Help:    "Duration of flow runs in seconds, by workflow.",
 			Buckets: []float64{1, 5, 10, 30, 60, 120, 300},
 		}, []string{"workflow_id"}),
+		nodes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flowise_node_executions_total",
+			Help: "Agentflow nodes run, by node type (data.name) and the status Flowise reports, lower-cased (finished, error, stopped, terminated).",
+		}, []string{"node_type", "status"}),
 		cpuWall: time.Now(),
+		types:   map[string]struct{}{},
 	}
 	s.cpuLast = processCPU()
-	reg.MustRegister(s.httpDuration, s.executions, s.execDuration,
+	reg.MustRegister(s.httpDuration, s.executions, s.execDuration, s.nodes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "flowise_active_connections",
 			Help: "Client connections open on the proxy listeners.",
@@ -85,6 +94,29 @@ func (m *Metrics) RunEnded(workflow string, completed bool, d time.Duration) {
 	}
 	m.seed.executions.WithLabelValues(wf, status).Inc()
 	m.seed.execDuration.WithLabelValues(wf).Observe(d.Seconds())
+}
+
+// maxNodeTypes bounds the node_type label; the names come from answers.
+const maxNodeTypes = 200
+
+// NodeRun counts one Agentflow node of a run.
+func (m *Metrics) NodeRun(nodeType, status string) {
+	s := m.seed
+	s.typesMu.Lock()
+	if _, ok := s.types[nodeType]; !ok {
+		if len(s.types) >= maxNodeTypes {
+			nodeType = "other"
+		} else {
+			s.types[nodeType] = struct{}{}
+		}
+	}
+	s.typesMu.Unlock()
+	switch status {
+	case "finished", "error", "stopped", "terminated", "inprogress":
+	default:
+		status = "other"
+	}
+	s.nodes.WithLabelValues(nodeType, status).Inc()
 }
 
 // ConnState keeps flowise_active_connections: pass it as the proxy

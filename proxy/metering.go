@@ -193,6 +193,9 @@ func (g *Gateway) meterRun(j meterJob) {
 		g.metrics.Tokens(j.workflow, model, "output", u.Source, mu.Output)
 		g.metrics.Cost(j.workflow, model, float64(mu.CostNano)/config.NanoPerUSD)
 	}
+	for _, n := range u.Nodes {
+		g.metrics.NodeRun(n.Type, n.Status)
+	}
 	if j.quotaOn {
 		g.quota.Settle(&j.decision, u.Input()+u.Output(), u.CostNano())
 	}

@@ -323,6 +323,8 @@ func TestMeteringExact(t *testing.T) {
 		`flowise_workflow_executions_total{status="started",workflow_id="` + agentJSON + `"} 3`,
 		`flowise_workflow_executions_total{status="completed",workflow_id="` + agentStream + `"} 3`,
 		`flowise_workflow_execution_duration_seconds_count{workflow_id="` + classic + `"} 2`,
+		`flowise_node_executions_total{node_type="llmAgentflow",status="finished"} 6`,
+		`flowise_node_executions_total{node_type="startAgentflow",status="finished"} 6`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("missing %s:\n%s", want, grepLines(m, "flowise_workflow"))
