@@ -258,11 +258,16 @@ func (e *Enforcer) AdmitWith(ctx context.Context, p *Policy, workflow, caller st
 // Refund gives back the execution an admitted request was counted for,
 // when it was answered without running the flow (a cache hit). The rate
 // keeps it: hits count toward rate limits.
+//
+// It is applied before it returns (one Redis round trip, after the answer
+// was written): queued, a refund could land after the client's next
+// request, which a budget near its limit would then refuse for an
+// execution that never ran.
 func (e *Enforcer) Refund(d *Decision) {
 	if !d.Allowed || d.lim == nil || len(d.pol.budgets) == 0 {
 		return
 	}
-	e.enqueue(job{lim: d.lim, key: d.key, pol: d.pol, nowUs: d.nowUs, u: usage{executions: -1}})
+	e.apply(job{lim: d.lim, key: d.key, pol: d.pol, nowUs: d.nowUs, u: usage{executions: -1}})
 }
 
 // Settle adds an admitted execution's metered tokens and cost to the
