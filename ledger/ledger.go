@@ -221,14 +221,7 @@ type counters struct {
 }
 
 func (c *counters) addRecord(r *Record) {
-	c.exec += r.Executions
-	c.est += r.EstimatedExecutions
-	c.hits += r.CacheHits
-	c.rej += r.Rejected
-	c.in += r.InputTokens
-	c.out += r.OutputTokens
-	c.nano += r.CostNano
-	c.ms += r.DurationMs
+	c.merge(&counters{r.Executions, r.EstimatedExecutions, r.CacheHits, r.Rejected, r.InputTokens, r.OutputTokens, r.CostNano, r.DurationMs})
 }
 
 func (c *counters) merge(o *counters) {
