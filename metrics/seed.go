@@ -24,6 +24,7 @@ type seed struct {
 	executions   *prometheus.CounterVec
 	execDuration *prometheus.HistogramVec
 	nodes        *prometheus.CounterVec
+	runs         sync.Map // workflow id -> *runSeries, bounded by max_workflows
 	activeConns  atomic.Int64
 
 	typesMu sync.Mutex
@@ -80,20 +81,46 @@ func (m *Metrics) seedRequest(route, method string, code int) prometheus.Observe
 	return m.seed.httpDuration.WithLabelValues(method, route, strconv.Itoa(code))
 }
 
-// RunStarted counts a flow run sent to the flow server.
-func (m *Metrics) RunStarted(workflow string) {
-	m.seed.executions.WithLabelValues(m.Usage.workflow(workflow), "started").Inc()
+// runSeries are one workflow's run metrics, looked up once: every run
+// touches them twice, and WithLabelValues hashes its labels each call.
+type runSeries struct {
+	started, completed, failed prometheus.Counter
+	duration                   prometheus.Observer
 }
+
+// runs returns workflow's series. Known workflows come from a lock-free
+// map; ids past max_workflows share the "other" series and are not
+// stored, so invented ids cannot grow the map.
+func (m *Metrics) runs(workflow string) *runSeries {
+	if v, ok := m.seed.runs.Load(workflow); ok {
+		return v.(*runSeries)
+	}
+	wf := m.Usage.workflow(workflow)
+	s := &runSeries{
+		started:   m.seed.executions.WithLabelValues(wf, "started"),
+		completed: m.seed.executions.WithLabelValues(wf, "completed"),
+		failed:    m.seed.executions.WithLabelValues(wf, "failed"),
+		duration:  m.seed.execDuration.WithLabelValues(wf),
+	}
+	if wf != "other" || workflow == "other" {
+		v, _ := m.seed.runs.LoadOrStore(workflow, s)
+		s = v.(*runSeries)
+	}
+	return s
+}
+
+// RunStarted counts a flow run sent to the flow server.
+func (m *Metrics) RunStarted(workflow string) { m.runs(workflow).started.Inc() }
 
 // RunEnded counts a run's end, completed or failed, and its duration.
 func (m *Metrics) RunEnded(workflow string, completed bool, d time.Duration) {
-	wf := m.Usage.workflow(workflow)
-	status := "failed"
+	s := m.runs(workflow)
 	if completed {
-		status = "completed"
+		s.completed.Inc()
+	} else {
+		s.failed.Inc()
 	}
-	m.seed.executions.WithLabelValues(wf, status).Inc()
-	m.seed.execDuration.WithLabelValues(wf).Observe(d.Seconds())
+	s.duration.Observe(d.Seconds())
 }
 
 // maxNodeTypes bounds the node_type label; the names come from answers.

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -95,4 +96,23 @@ func TestSeedCPUPercent(t *testing.T) {
 		t.Fatalf("cpu %.1f%% after a busy loop", p)
 	}
 	_ = x
+}
+
+// The per-workflow run series are cached for known workflows only: ids
+// past max_workflows share "other" and are not kept.
+func TestRunSeriesBounded(t *testing.T) {
+	m := NewWith(prometheus.NewRegistry(), Options{MaxWorkflows: 3})
+	for i := range 100 {
+		id := "wf-" + strconv.Itoa(i)
+		m.RunStarted(id)
+		m.RunEnded(id, i%2 == 0, time.Second)
+	}
+	n := 0
+	m.seed.runs.Range(func(any, any) bool { n++; return true })
+	if n != 3 {
+		t.Fatalf("%d cached run series, want 3", n)
+	}
+	if got := testutil.ToFloat64(m.seed.executions.WithLabelValues("other", "started")); got != 97 {
+		t.Fatalf("other started = %v, want 97", got)
+	}
 }
