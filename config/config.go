@@ -269,6 +269,10 @@ type CachePolicy struct {
 
 // Metrics configures the Prometheus metrics.
 type Metrics struct {
+	// Enabled records the request path's metrics. Default true; false
+	// leaves /metrics with the process, Go runtime and TLS collectors
+	// only (it is what the benchmark compares against).
+	Enabled *bool `yaml:"enabled"`
 	// MaxWorkflows bounds the workflow_id label: past this many distinct
 	// ids, the rest are counted under "other", so a client spraying
 	// random ids cannot grow the metrics' memory. Default 1000.

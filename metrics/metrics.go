@@ -1,5 +1,9 @@
 // Package metrics owns flowgate's Prometheus collectors. The registry is
 // passed in, never global, so tests and embedders get isolated metrics.
+//
+// A nil *Metrics is valid and records nothing (metrics.enabled: false):
+// every method checks its receiver, so the request path needs no branch
+// of its own.
 package metrics
 
 import (
@@ -14,8 +18,8 @@ const namespace = "flowgate"
 
 // Metrics holds the gateway's collectors.
 type Metrics struct {
-	*Usage                 // quotas and metering
-	seed             *seed // the seed dashboard's flowise_* metrics
+	usage            *Usage // quotas and metering
+	seed             *seed  // the seed dashboard's flowise_* metrics
 	requests         *prometheus.CounterVec
 	duration         *prometheus.HistogramVec
 	upstreamFailures *prometheus.CounterVec
@@ -23,6 +27,10 @@ type Metrics struct {
 	streamsCut       *prometheus.CounterVec
 	cacheRequests    *prometheus.CounterVec
 	cacheErrors      *prometheus.CounterVec
+	redisErrors      *prometheus.CounterVec
+	ttfb             *prometheus.HistogramVec
+	ttft             *prometheus.HistogramVec
+	frames           prometheus.Histogram
 	reg              prometheus.Registerer
 
 	// series caches the request counter and histogram per label set:
@@ -95,21 +103,95 @@ func NewWith(reg prometheus.Registerer, o Options) *Metrics {
 			Help:      "Cache operations that failed and were skipped, by level (memory, redis).",
 		}, []string{"level"}),
 	}
-	m.Usage = NewUsage(reg, o.MaxWorkflows)
+	m.redisErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace,
+		Name:      "redis_errors_total",
+		Help:      "Failed Redis calls, by component (cache, quota, ledger). Each component keeps working without Redis as its docs say; a steady rate means Redis is unreachable.",
+	}, []string{"component"})
+	m.ttfb = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace,
+		Name:      "upstream_ttfb_seconds",
+		Help:      "Time from sending a request to an upstream to its response headers, by upstream (every attempt that got an answer).",
+		// A flow server answers a JSON run after the whole LLM call, a
+		// stream at once; assets in microseconds.
+		Buckets: []float64{.001, .005, .025, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
+	}, []string{"upstream"})
+	m.ttft = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace,
+		Name:      "stream_ttft_seconds",
+		Help:      "Time from a streamed flow request's arrival to its first token frame, by workflow (Flowise SSE answers that sent a token).",
+		Buckets:   []float64{.05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60},
+	}, []string{"workflow_id"})
+	m.frames = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace,
+		Name:      "stream_frames",
+		Help:      "SSE frames (events) per streamed flow answer.",
+		Buckets:   prometheus.ExponentialBuckets(1, 4, 9), // 1 .. 65,536
+	})
+	m.usage = NewUsage(reg, o.MaxWorkflows)
 	m.seed = newSeed(reg)
-	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut, m.cacheRequests, m.cacheErrors)
+	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut, m.cacheRequests, m.cacheErrors,
+		m.redisErrors, m.ttfb, m.ttft, m.frames)
 	return m
 }
 
 // CacheResult counts one cache decision (hit, miss, bypass, refresh, coalesced).
-func (m *Metrics) CacheResult(result string) { m.cacheRequests.WithLabelValues(result).Inc() }
+func (m *Metrics) CacheResult(result string) {
+	if m != nil {
+		m.cacheRequests.WithLabelValues(result).Inc()
+	}
+}
 
 // CacheError counts a failed cache operation at level (memory, redis).
-func (m *Metrics) CacheError(level string) { m.cacheErrors.WithLabelValues(level).Inc() }
+func (m *Metrics) CacheError(level string) {
+	if m == nil {
+		return
+	}
+	m.cacheErrors.WithLabelValues(level).Inc()
+	if level == "redis" {
+		m.RedisError("cache")
+	}
+}
+
+// RedisError counts a failed Redis call of component (cache, quota,
+// ledger, certstore).
+func (m *Metrics) RedisError(component string) {
+	if m != nil {
+		m.redisErrors.WithLabelValues(component).Inc()
+	}
+}
+
+// UpstreamTTFB is the time-to-first-byte histogram of one upstream, for
+// the upstream to keep: looked up once, observed per attempt.
+func (m *Metrics) UpstreamTTFB(name string) prometheus.Observer {
+	if m == nil {
+		return noop{}
+	}
+	return m.ttfb.WithLabelValues(name)
+}
+
+type noop struct{}
+
+func (noop) Observe(float64) {}
+
+// StreamEnded records a streamed flow answer: ttft is the time to its first
+// token frame (0 when none came), frames the events it carried.
+func (m *Metrics) StreamEnded(workflow string, ttft time.Duration, frames int) {
+	if m == nil {
+		return
+	}
+	m.frames.Observe(float64(frames))
+	if ttft > 0 {
+		m.runs(workflow).ttft.Observe(ttft.Seconds())
+	}
+}
 
 // UpstreamGauges registers per-upstream gauges read at scrape time, so the
 // hot path pays nothing for them.
 func (m *Metrics) UpstreamGauges(name string, inflight func() float64, healthy func() float64) {
+	if m == nil {
+		return
+	}
 	labels := prometheus.Labels{"upstream": name}
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -127,6 +209,9 @@ func (m *Metrics) UpstreamGauges(name string, inflight func() float64, healthy f
 
 // ObserveRequest records one answered request.
 func (m *Metrics) ObserveRequest(route, method string, code int, d time.Duration) {
+	if m == nil {
+		return
+	}
 	k := seriesKey{route, normMethod(method), code}
 	v, ok := m.series.Load(k)
 	if !ok {
@@ -145,14 +230,66 @@ func (m *Metrics) ObserveRequest(route, method string, code int, d time.Duration
 
 // UpstreamFailure counts a failed attempt.
 func (m *Metrics) UpstreamFailure(upstream, reason string) {
+	if m == nil {
+		return
+	}
 	m.upstreamFailures.WithLabelValues(upstream, reason).Inc()
 }
 
 // Retry counts a request re-sent to another upstream.
-func (m *Metrics) Retry() { m.retries.Inc() }
+func (m *Metrics) Retry() {
+	if m != nil {
+		m.retries.Inc()
+	}
+}
 
 // ResponseCut counts a response ended early.
-func (m *Metrics) ResponseCut(reason string) { m.streamsCut.WithLabelValues(reason).Inc() }
+func (m *Metrics) ResponseCut(reason string) {
+	if m != nil {
+		m.streamsCut.WithLabelValues(reason).Inc()
+	}
+}
+
+// QuotaRejection counts one refused request.
+func (m *Metrics) QuotaRejection(workflow, reason string) {
+	if m != nil {
+		m.usage.QuotaRejection(workflow, reason)
+	}
+}
+
+// Tokens counts tokens of one execution.
+func (m *Metrics) Tokens(workflow, model, direction, source string, n int64) {
+	if m != nil {
+		m.usage.Tokens(workflow, model, direction, source, n)
+	}
+}
+
+// Cost counts an execution's cost in dollars.
+func (m *Metrics) Cost(workflow, model string, usd float64) {
+	if m != nil {
+		m.usage.Cost(workflow, model, usd)
+	}
+}
+
+// QuotaRedisError counts a failed quota call to Redis, by operation.
+func (m *Metrics) QuotaRedisError(op string) {
+	if m != nil {
+		m.usage.QuotaRedisError(op)
+		m.RedisError("quota")
+	}
+}
+
+// LedgerError counts a failed ledger write; redis says the ledger is
+// Redis's.
+func (m *Metrics) LedgerError(redis bool) {
+	if m == nil {
+		return
+	}
+	m.usage.LedgerError()
+	if redis {
+		m.RedisError("ledger")
+	}
+}
 
 // normMethod keeps the method label's values a closed set whatever clients send.
 func normMethod(m string) string {

@@ -53,7 +53,7 @@ func newSeed(reg prometheus.Registerer) *seed {
 		}, []string{"workflow_id"}),
 		nodes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flowise_node_executions_total",
-			Help: "Agentflow nodes run, by node type (data.name) and the status Flowise reports, lower-cased (finished, error, stopped, terminated).",
+			Help: "Agentflow nodes run, by node type (data.name) and status: success (Flowise's FINISHED), failure (ERROR, TERMINATED), stopped (waiting on human input), other.",
 		}, []string{"node_type", "status"}),
 		cpuWall: time.Now(),
 		types:   map[string]struct{}{},
@@ -86,6 +86,7 @@ func (m *Metrics) seedRequest(route, method string, code int) prometheus.Observe
 type runSeries struct {
 	started, completed, failed prometheus.Counter
 	duration                   prometheus.Observer
+	ttft                       prometheus.Observer // flowgate_stream_ttft_seconds
 }
 
 // runs returns workflow's series. Known workflows come from a lock-free
@@ -95,12 +96,13 @@ func (m *Metrics) runs(workflow string) *runSeries {
 	if v, ok := m.seed.runs.Load(workflow); ok {
 		return v.(*runSeries)
 	}
-	wf := m.Usage.workflow(workflow)
+	wf := m.usage.workflow(workflow)
 	s := &runSeries{
 		started:   m.seed.executions.WithLabelValues(wf, "started"),
 		completed: m.seed.executions.WithLabelValues(wf, "completed"),
 		failed:    m.seed.executions.WithLabelValues(wf, "failed"),
 		duration:  m.seed.execDuration.WithLabelValues(wf),
+		ttft:      m.ttft.WithLabelValues(wf),
 	}
 	if wf != "other" || workflow == "other" {
 		v, _ := m.seed.runs.LoadOrStore(workflow, s)
@@ -110,10 +112,17 @@ func (m *Metrics) runs(workflow string) *runSeries {
 }
 
 // RunStarted counts a flow run sent to the flow server.
-func (m *Metrics) RunStarted(workflow string) { m.runs(workflow).started.Inc() }
+func (m *Metrics) RunStarted(workflow string) {
+	if m != nil {
+		m.runs(workflow).started.Inc()
+	}
+}
 
 // RunEnded counts a run's end, completed or failed, and its duration.
 func (m *Metrics) RunEnded(workflow string, completed bool, d time.Duration) {
+	if m == nil {
+		return
+	}
 	s := m.runs(workflow)
 	if completed {
 		s.completed.Inc()
@@ -126,8 +135,14 @@ func (m *Metrics) RunEnded(workflow string, completed bool, d time.Duration) {
 // maxNodeTypes bounds the node_type label; the names come from answers.
 const maxNodeTypes = 200
 
-// NodeRun counts one Agentflow node of a run.
+// NodeRun counts one Agentflow node of a run. status is Flowise's,
+// lower-cased; the label takes the seed's values, success and failure,
+// so its dashboard's success-rate panel reads it, plus stopped (a node
+// waiting on human input) and other.
 func (m *Metrics) NodeRun(nodeType, status string) {
+	if m == nil {
+		return
+	}
 	s := m.seed
 	s.typesMu.Lock()
 	if _, ok := s.types[nodeType]; !ok {
@@ -139,7 +154,11 @@ func (m *Metrics) NodeRun(nodeType, status string) {
 	}
 	s.typesMu.Unlock()
 	switch status {
-	case "finished", "error", "stopped", "terminated", "inprogress":
+	case "finished":
+		status = "success"
+	case "error", "terminated":
+		status = "failure"
+	case "stopped":
 	default:
 		status = "other"
 	}
@@ -149,6 +168,9 @@ func (m *Metrics) NodeRun(nodeType, status string) {
 // ConnState keeps flowise_active_connections: pass it as the proxy
 // listeners' http.Server.ConnState.
 func (m *Metrics) ConnState(_ net.Conn, st http.ConnState) {
+	if m == nil {
+		return
+	}
 	switch st {
 	case http.StateNew:
 		m.seed.activeConns.Add(1)

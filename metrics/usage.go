@@ -103,3 +103,37 @@ func (u *Usage) QuotaRedisError(op string) { u.redisErrors.WithLabelValues(op).I
 
 // LedgerError counts a failed ledger write.
 func (u *Usage) LedgerError() { u.ledgerErrs.Inc() }
+
+// BudgetSource reports each budget's used share (quota.Enforcer.BudgetUsage).
+type BudgetSource func(yield func(workflow, window, resource string, ratio float64))
+
+const budgetHelp = "Share of a workflow's budget used in its current window (1 = spent), by window (1h, 24h, 30d...) and resource (executions, tokens, cost_usd), as this replica's last admission saw it; with Redis, the count all replicas share. Workflow-wide budgets only (not per_caller)."
+
+var budgetDesc = prometheus.NewDesc("flowgate_quota_budget_used_ratio", budgetHelp,
+	[]string{"workflow_id", "window", "resource"}, nil)
+
+// budgetCollector reads the budgets at scrape time: the request path only
+// keeps the counts its admissions return anyway.
+type budgetCollector struct {
+	src BudgetSource
+	u   *Usage
+}
+
+func (c budgetCollector) Describe(ch chan<- *prometheus.Desc) { ch <- budgetDesc }
+
+func (c budgetCollector) Collect(ch chan<- prometheus.Metric) {
+	c.src(func(workflow, window, resource string, ratio float64) {
+		// Past the label bound a workflow is not reported at all: under
+		// "other" several would collide.
+		if wf := c.u.workflow(workflow); wf == workflow && wf != "other" {
+			ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, ratio, workflow, window, resource)
+		}
+	})
+}
+
+// QuotaBudgets exports src as flowgate_quota_budget_used_ratio.
+func (m *Metrics) QuotaBudgets(src BudgetSource) {
+	if m != nil {
+		m.reg.MustRegister(budgetCollector{src: src, u: m.usage})
+	}
+}

@@ -33,7 +33,7 @@ import (
 // Options are the gateway's collaborators, passed in rather than global.
 type Options struct {
 	Logger  *zap.Logger      // required
-	Metrics *metrics.Metrics // required
+	Metrics *metrics.Metrics // nil records no metrics
 	// AccessLog receives one JSON line per request, one Write per line, so
 	// it must be safe for concurrent use. nil turns access logging off.
 	AccessLog io.Writer
@@ -111,8 +111,8 @@ type Gateway struct {
 
 // New builds a gateway from a validated config.
 func New(cfg config.Config, o Options) (*Gateway, error) {
-	if o.Logger == nil || o.Metrics == nil {
-		return nil, fmt.Errorf("proxy: Logger and Metrics are required")
+	if o.Logger == nil {
+		return nil, fmt.Errorf("proxy: Logger is required")
 	}
 	p := cfg.Proxy
 	g := &Gateway{
@@ -175,6 +175,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 			return nil, fmt.Errorf("proxy: upstream %q: %w", uc.URL, err)
 		}
 		up := newUpstream(uc.Name, u) // Validate names unnamed upstreams by host
+		up.ttfb = o.Metrics.UpstreamTTFB(up.Name)
 		g.ups = append(g.ups, up)
 		o.Metrics.UpstreamGauges(up.Name,
 			func() float64 { return float64(up.InFlight()) },
@@ -287,6 +288,8 @@ type reqState struct {
 	failed   bool
 	fail     failure
 
+	start      time.Time // the request's arrival
+	sentAt     time.Time // the current attempt's start
 	clientCtx  context.Context
 	attemptCtx context.Context
 	timer      *attemptTimer
@@ -391,7 +394,7 @@ func (u *upgradedBody) Close() error { return u.rwc.Close() }
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	st := g.states.Get().(*reqState)
-	*st = reqState{g: g, clientCtx: r.Context()}
+	*st = reqState{g: g, clientCtx: r.Context(), start: start}
 	st.rw.reset(w, r, g.writeIdle)
 	defer g.finish(r, st, start)
 
@@ -485,6 +488,7 @@ func (g *Gateway) forward(r *http.Request, st *reqState) {
 		up.inflight.Add(-1)
 	}()
 
+	st.sentAt = time.Now()
 	req := r.WithContext(context.WithValue(ctx, stateKey{}, st))
 	if b := st.body; b != nil {
 		req.Body = b.reader()
@@ -524,6 +528,7 @@ func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
 // modifyResponse runs once the upstream's headers arrived.
 func (g *Gateway) modifyResponse(res *http.Response) error {
 	st := stateFrom(res.Request.Context())
+	st.up.ttfb.Observe(time.Since(st.sentAt).Seconds())
 	st.upstreamStatus = res.StatusCode
 	h := res.Header
 	// What the gateway adds goes straight into the client's header map,
@@ -669,7 +674,11 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 	g.metrics.ObserveRequest(st.info.Route, r.Method, st.status, d)
 	if st.runStarted {
 		s := st.upstreamStatus
-		g.metrics.RunEnded(flow.CanonicalID(st.info.WorkflowID), s >= 200 && s < 300 && st.cut == "" && st.ub.eof, d)
+		wf := flow.CanonicalID(st.info.WorkflowID)
+		g.metrics.RunEnded(wf, s >= 200 && s < 300 && st.cut == "" && st.ub.eof, d)
+		if st.ub.flowiseSSE {
+			g.metrics.StreamEnded(wf, st.ub.ttft, st.ub.parser.Events())
+		}
 	}
 	if g.access != nil {
 		g.logAccess(r, st, end, d)

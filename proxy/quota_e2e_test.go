@@ -323,12 +323,26 @@ func TestMeteringExact(t *testing.T) {
 		`flowise_workflow_executions_total{status="started",workflow_id="` + agentJSON + `"} 3`,
 		`flowise_workflow_executions_total{status="completed",workflow_id="` + agentStream + `"} 3`,
 		`flowise_workflow_execution_duration_seconds_count{workflow_id="` + classic + `"} 2`,
-		`flowise_node_executions_total{node_type="llmAgentflow",status="finished"} 6`,
-		`flowise_node_executions_total{node_type="startAgentflow",status="finished"} 6`,
+		`flowise_node_executions_total{node_type="llmAgentflow",status="success"} 6`,
+		`flowise_node_executions_total{node_type="startAgentflow",status="success"} 6`,
+		// Three agentflow streams and one classic one, each with its
+		// first token timed; their frames counted.
+		`flowgate_stream_ttft_seconds_count{workflow_id="` + agentStream + `"} 3`,
+		`flowgate_stream_ttft_seconds_count{workflow_id="` + classic + `"} 1`,
+		`flowgate_stream_frames_count 4`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("missing %s:\n%s", want, grepLines(m, "flowise_workflow"))
 		}
+	}
+	// Every attempt that got an answer: 3 + 3 + 2 runs.
+	if !strings.Contains(m, `flowgate_upstream_ttfb_seconds_count{upstream="`+strings.TrimPrefix(up.URL(), "http://")+`"} 8`) {
+		t.Errorf("ttfb:\n%s", grepLines(m, "flowgate_upstream_ttfb_seconds_count"))
+	}
+	// 7 tokens + start, metadata, usage, executed data, end...: an
+	// agentflow stream has more frames than tokens; none has more than 64.
+	if !strings.Contains(m, `flowgate_stream_frames_bucket{le="4"} 0`) || !strings.Contains(m, `flowgate_stream_frames_bucket{le="64"} 4`) {
+		t.Errorf("frames:\n%s", grepLines(m, "flowgate_stream_frames"))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/flowgate/flowgate/flow"
 	"github.com/flowgate/flowgate/metering"
@@ -51,6 +52,7 @@ type upstreamBody struct {
 	rec        *recorder       // the cache's copy of the answer; nil when not recorded
 	meter      *metering.Meter // nil when the answer is not metered
 	ended      bool            // the last event was Flowise's end
+	ttft       time.Duration   // request start to the first token event; 0 before it
 	pending    error           // error held back while its bytes are delivered
 	done       bool
 	eof        bool // the upstream's answer was read to its end
@@ -83,7 +85,14 @@ func (b *upstreamBody) init(rc io.ReadCloser, st *reqState, parse, flowiseSSE bo
 }
 
 func (b *upstreamBody) onEvent(ev *sse.Event) {
-	b.ended = !ev.Truncated && flow.IsFlowiseEnd(ev.Data)
+	b.ended = false
+	if !ev.Truncated {
+		name, ok := flow.FlowiseEvent(ev.Data)
+		b.ended = ok && string(name) == "end"
+		if b.ttft == 0 && ok && string(name) == "token" {
+			b.ttft = max(time.Since(b.st.start), 1)
+		}
+	}
 	if b.meter != nil && !ev.Truncated {
 		b.meter.Event(ev.Data)
 	}

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Upstream is one flow-server replica and everything the balancer and the
@@ -12,6 +14,8 @@ import (
 type Upstream struct {
 	Name string
 	URL  *url.URL
+
+	ttfb prometheus.Observer // flowgate_upstream_ttfb_seconds{upstream=Name}
 
 	// inflight counts requests sent and not yet finished; a streamed
 	// response counts until its last byte.
@@ -38,10 +42,14 @@ type Upstream struct {
 }
 
 func newUpstream(name string, u *url.URL) *Upstream {
-	up := &Upstream{Name: name, URL: u}
+	up := &Upstream{Name: name, URL: u, ttfb: noObserver{}}
 	up.activeUp.Store(true)
 	return up
 }
+
+type noObserver struct{}
+
+func (noObserver) Observe(float64) {}
 
 // InFlight is the number of requests currently forwarded to the upstream.
 func (u *Upstream) InFlight() int64 { return u.inflight.Load() }

@@ -98,6 +98,8 @@ type Enforcer struct {
 	downUntil atomic.Int64 // Unix ns: Redis is not tried before then
 	probing   atomic.Bool
 
+	budgets budgetViews
+
 	jobs chan job
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -232,6 +234,9 @@ func (e *Enforcer) AdmitWith(ctx context.Context, p *Policy, workflow, caller st
 				e.redisOK()
 				d.lim = e.shared
 				p.decide(o, &d)
+				if len(p.budgets) > 0 && p.perCaller == "" {
+					e.budgets.observe(workflow, p, o)
+				}
 				return d, piped
 			}
 			if ctx.Err() != nil {
@@ -252,6 +257,9 @@ func (e *Enforcer) AdmitWith(ctx context.Context, p *Policy, workflow, caller st
 	o, _ := e.local.admit(ctx, key, p, e.o.Now().UnixMicro())
 	d.lim = e.local
 	p.decide(o, &d)
+	if len(p.budgets) > 0 && p.perCaller == "" {
+		e.budgets.observe(workflow, p, o)
+	}
 	return d, piped
 }
 

@@ -207,7 +207,10 @@ func newLogger(level string, out zapcore.WriteSyncer) (*zap.Logger, error) {
 
 func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakeflow.Instance) error {
 	reg := newRegistry()
-	m := metrics.NewWith(reg, metrics.Options{MaxWorkflows: cfg.Metrics.MaxWorkflows})
+	var m *metrics.Metrics // nil records nothing
+	if config.Bool(cfg.Metrics.Enabled, true) {
+		m = metrics.NewWith(reg, metrics.Options{MaxWorkflows: cfg.Metrics.MaxWorkflows})
+	}
 	rdb := redisClient(cfg.Redis, log)
 	if rdb != nil {
 		defer rdb.Close()
@@ -246,7 +249,7 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		log.Warn("metering.default_model is not in the price table: runs it prices cost 0",
 			zap.String("model", cfg.Metering.DefaultModel))
 	}
-	lopts := ledger.Options{Logger: log.Named("ledger"), OnError: func(error) { m.LedgerError() }}
+	lopts := ledger.Options{Logger: log.Named("ledger"), OnError: func(error) { m.LedgerError(rdb != nil) }}
 	var led ledger.Ledger
 	if rdb != nil {
 		led = ledger.NewRedis(rdb, lopts)
@@ -263,6 +266,7 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		return err
 	}
 	defer q.Close()
+	m.QuotaBudgets(q.BudgetUsage)
 
 	g, err := proxy.New(cfg, proxy.Options{Logger: log, Metrics: m, AccessLog: accessLog, Cache: store,
 		Quota: q, Prices: prices, Ledger: led})

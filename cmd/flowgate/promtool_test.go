@@ -95,7 +95,8 @@ func TestMetricsPassPromtool(t *testing.T) {
 		scrape, _ = io.ReadAll(res.Body)
 		res.Body.Close()
 		missing := ""
-		for _, want := range []string{"flowgate_cache_requests_total", "flowgate_quota_rejections_total", "flowise_workflow_executions_total", "flowgate_tokens_total", "flowise_node_executions_total"} {
+		for _, want := range []string{"flowgate_cache_requests_total", "flowgate_quota_rejections_total", "flowise_workflow_executions_total", "flowgate_tokens_total", "flowise_node_executions_total",
+			"flowgate_quota_budget_used_ratio", "flowgate_stream_ttft_seconds", "flowgate_stream_frames", "flowgate_upstream_ttfb_seconds"} {
 			if !bytes.Contains(scrape, []byte(want)) {
 				missing = want
 			}
@@ -112,5 +113,55 @@ func TestMetricsPassPromtool(t *testing.T) {
 	cmd.Stdin = bytes.NewReader(scrape)
 	if out, err := cmd.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
 		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// metrics.enabled: false records nothing on the request path: the scrape
+// keeps the process and Go collectors, and the ops endpoints still answer.
+func TestMetricsDisabled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	up, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	cfg := filepath.Join(t.TempDir(), "flowgate.yaml")
+	y := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: 127.0.0.1:0\n  admin_listen: \"\"\nupstreams:\n  - url: " + up.URL() + "\n" +
+		"metrics:\n  enabled: false\n"
+	if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := testbin.Start(t, testbin.Build(t), nil, "-config", cfg)
+	res, err := http.Post("http://"+p.Listen+"/api/v1/prediction/11111111-0000-4000-8000-000000000001", "application/json", strings.NewReader(`{"question":"hi"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 {
+		t.Fatalf("prediction: %d", res.StatusCode)
+	}
+	get := func(path string) (int, string) {
+		res, err := http.Get("http://" + p.Metrics + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return res.StatusCode, string(b)
+	}
+	code, scrape := get("/metrics")
+	if code != 200 || !strings.Contains(scrape, "process_cpu_seconds_total") {
+		t.Fatalf("/metrics: %d\n%s", code, scrape)
+	}
+	for _, off := range []string{"flowgate_requests_total", "flowise_", "flowgate_upstream_"} {
+		if strings.Contains(scrape, off) {
+			t.Errorf("metrics off, yet the scrape has %s", off)
+		}
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz: %d", code)
 	}
 }
