@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -82,18 +83,24 @@ flowise_active_connections 1
 	}
 }
 
-// CPU percentage is process CPU time over wall time between scrapes: a
-// busy loop of about 100 ms reads as a positive share, never more than
-// the cores can give.
+// CPU percentage is process CPU time over wall time between scrapes: after
+// a busy loop that used 50 ms of CPU it reads at least 50 ms over the wall
+// time that passed (however loaded the machine), never more than the
+// cores can give.
 func TestSeedCPUPercent(t *testing.T) {
+	before := time.Now()
 	s := newSeed(prometheus.NewRegistry())
-	end := time.Now().Add(100 * time.Millisecond)
+	cpu0 := processCPU()
 	x := 0
-	for time.Now().Before(end) {
-		x++
+	for processCPU()-cpu0 < 50*time.Millisecond {
+		for range 10000 {
+			x++
+		}
 	}
-	if p := s.cpuPercent(); p <= 10 || p > 100*float64(64) {
-		t.Fatalf("cpu %.1f%% after a busy loop", p)
+	p := s.cpuPercent()
+	wall := time.Since(before)
+	if min := 100 * 0.05 / wall.Seconds(); p < min || p > 100*float64(runtime.NumCPU()) {
+		t.Fatalf("cpu %.1f%% after 50 ms of CPU in %v; want at least %.1f%%", p, wall, min)
 	}
 	_ = x
 }
