@@ -55,13 +55,30 @@ type Server struct {
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 }
 
-// Upstream is one flow-server replica.
+// Upstream is one flow-server replica (url), or every replica a DNS name
+// resolves to (dns), e.g. a Kubernetes headless Service. One of url and
+// dns is required.
 type Upstream struct {
-	// URL is the base URL, e.g. http://flowise:3000. Required.
+	// URL is the base URL, e.g. http://flowise:3000.
 	URL string `yaml:"url"`
-	// Name labels the upstream in logs and metrics. Default: the URL's host.
+	// Name labels the upstream in logs and metrics. Default: the URL's
+	// host, or the DNS name; a discovered replica is "<name>/<ip>:<port>".
 	Name string `yaml:"name"`
+	// DNS is a name whose A and AAAA records are the replicas, resolved
+	// again every Refresh: new addresses join, vanished ones leave once
+	// their requests finish, and a failed or empty answer keeps the last
+	// good set.
+	DNS string `yaml:"dns"`
+	// Port of the discovered replicas. Required with dns.
+	Port int `yaml:"port"`
+	// Scheme of the discovered replicas: http or https. Default http.
+	Scheme string `yaml:"scheme"`
+	// Refresh is how often dns is resolved again. Default 10s.
+	Refresh Duration `yaml:"refresh"`
 }
+
+// Discovered reports whether the upstream is a DNS name to resolve.
+func (u Upstream) Discovered() bool { return u.DNS != "" }
 
 // Proxy configures forwarding.
 type Proxy struct {

@@ -414,6 +414,18 @@ func TestValidationRules(t *testing.T) {
 			`flowgate.yaml:3: upstreams[1].name: "a:1" is already the name of upstreams[0]; names label metrics and logs, so each needs its own (a missing name defaults to the URL's host:port)`},
 		{"duplicate explicit names", "upstreams:\n  - url: http://a:1\n    name: x\n  - url: http://b:1\n    name: x\n",
 			`flowgate.yaml:5: upstreams[1].name: "x" is already the name of upstreams[0]; names label metrics and logs, so each needs its own (a missing name defaults to the URL's host:port)`},
+		{"dns and url", "upstreams:\n  - url: http://a:1\n    dns: flowise\n",
+			`flowgate.yaml:2: upstreams[0]: set url or dns, not both`},
+		{"dns without port", "upstreams:\n  - dns: flowise-headless.ns.svc.cluster.local\n",
+			`flowgate.yaml:2: upstreams[0].port: is required with dns: the replicas' port, from 1 to 65535`},
+		{"dns with a scheme", "upstreams:\n  - dns: http://flowise\n    port: 3000\n",
+			`flowgate.yaml:2: upstreams[0].dns: "http://flowise" must be a host name, e.g. flowise-headless.flowise.svc.cluster.local (no scheme, port or path)`},
+		{"dns bad scheme", "upstreams:\n  - dns: flowise\n    port: 3000\n    scheme: ftp\n",
+			`flowgate.yaml:4: upstreams[0].scheme: must be http or https, not "ftp"`},
+		{"dns refresh too short", "upstreams:\n  - dns: flowise\n    port: 3000\n    refresh: 100ms\n",
+			`flowgate.yaml:4: upstreams[0].refresh: must be at least 1s`},
+		{"port with url", "upstreams:\n  - url: http://a:1\n    port: 3000\n",
+			`flowgate.yaml:2: upstreams[0]: port, scheme and refresh go with dns; a url carries its own scheme and port`},
 		{"listen not host:port", "server:\n  listen: \"8080\"\n",
 			`flowgate.yaml:2: server.listen: "8080" is not host:port; write e.g. ":8080" or "127.0.0.1:8080"`},
 		{"listen empty", "server:\n  listen: \"\"\n",
@@ -552,6 +564,19 @@ func TestValidateWithoutFile(t *testing.T) {
 	// Even so, the lower-case spelling is the one that takes effect.
 	if got := c.Proxy.EffectiveSecurityHeaders()["X-Frame-Options"]; got != "DENY" {
 		t.Errorf("X-Frame-Options = %q, want DENY", got)
+	}
+}
+
+// A dns upstream gets its defaults and its name from validation.
+func TestValidateFillsDNSDefaults(t *testing.T) {
+	c := Default()
+	c.Upstreams = []Upstream{{DNS: "flowise-headless.ns.svc.cluster.local", Port: 3000}}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	u := c.Upstreams[0]
+	if u.Name != "flowise-headless.ns.svc.cluster.local" || u.Scheme != "http" || u.Refresh.D() != 10*time.Second || !u.Discovered() {
+		t.Fatalf("%+v", u)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 var errZone = errors.New("IPv6 zones are not allowed")
@@ -134,9 +135,19 @@ func (v *validator) upstreams() {
 	for i := range v.c.Upstreams {
 		u := &v.c.Upstreams[i]
 		key := "upstreams[" + strconv.Itoa(i) + "]"
-		host, msg := checkUpstreamURL(u.URL)
-		if msg != "" {
-			v.add(key+".url", "%s", msg)
+		var host, msg string
+		switch {
+		case u.DNS != "" && u.URL != "":
+			v.add(key, "set url or dns, not both")
+		case u.DNS != "":
+			host = v.discovered(key, u)
+		default:
+			if u.Port != 0 || u.Scheme != "" || u.Refresh != 0 {
+				v.add(key, "port, scheme and refresh go with dns; a url carries its own scheme and port")
+			}
+			if host, msg = checkUpstreamURL(u.URL); msg != "" {
+				v.add(key+".url", "%s", msg)
+			}
 		}
 		if u.Name == "" {
 			if host == "" {
@@ -150,6 +161,31 @@ func (v *validator) upstreams() {
 		}
 		names[u.Name] = i
 	}
+}
+
+// discovered checks a dns upstream, fills its defaults and returns its
+// default name.
+func (v *validator) discovered(key string, u *Upstream) string {
+	if strings.ContainsAny(u.DNS, "/:[] ") || strings.Trim(u.DNS, ".") == "" {
+		v.add(key+".dns", "%q must be a host name, e.g. flowise-headless.flowise.svc.cluster.local (no scheme, port or path)", u.DNS)
+		return ""
+	}
+	if u.Port < 1 || u.Port > 65535 {
+		v.add(key+".port", "is required with dns: the replicas' port, from 1 to 65535")
+	}
+	switch u.Scheme {
+	case "":
+		u.Scheme = "http"
+	case "http", "https":
+	default:
+		v.add(key+".scheme", "must be http or https, not %q", u.Scheme)
+	}
+	if u.Refresh == 0 {
+		u.Refresh = Duration(10 * time.Second)
+	} else if u.Refresh.D() < time.Second {
+		v.add(key+".refresh", "must be at least 1s")
+	}
+	return u.DNS
 }
 
 // checkUpstreamURL returns the URL's host (for the default name) and a

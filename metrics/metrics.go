@@ -28,6 +28,8 @@ type Metrics struct {
 	cacheRequests    *prometheus.CounterVec
 	cacheErrors      *prometheus.CounterVec
 	redisErrors      *prometheus.CounterVec
+	discovered       *prometheus.GaugeVec
+	dnsErrors        *prometheus.CounterVec
 	ttfb             *prometheus.HistogramVec
 	ttft             *prometheus.HistogramVec
 	frames           prometheus.Histogram
@@ -128,10 +130,20 @@ func NewWith(reg prometheus.Registerer, o Options) *Metrics {
 		Help:      "SSE frames (events) per streamed flow answer.",
 		Buckets:   prometheus.ExponentialBuckets(1, 4, 9), // 1 .. 65,536
 	})
+	m.discovered = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace,
+		Name:      "upstream_discovered",
+		Help:      "Replicas the last good answer of a dns upstream gave, by upstream name.",
+	}, []string{"dns"})
+	m.dnsErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace,
+		Name:      "upstream_dns_errors_total",
+		Help:      "Failed or empty lookups of a dns upstream (the last good set is kept), by upstream name.",
+	}, []string{"dns"})
 	m.usage = NewUsage(reg, o.MaxWorkflows)
 	m.seed = newSeed(reg)
 	reg.MustRegister(m.requests, m.duration, m.upstreamFailures, m.retries, m.streamsCut, m.cacheRequests, m.cacheErrors,
-		m.redisErrors, m.ttfb, m.ttft, m.frames)
+		m.redisErrors, m.discovered, m.dnsErrors, m.ttfb, m.ttft, m.frames)
 	return m
 }
 
@@ -186,25 +198,58 @@ func (m *Metrics) StreamEnded(workflow string, ttft time.Duration, frames int) {
 	}
 }
 
-// UpstreamGauges registers per-upstream gauges read at scrape time, so the
-// hot path pays nothing for them.
-func (m *Metrics) UpstreamGauges(name string, inflight func() float64, healthy func() float64) {
+var (
+	inflightDesc = prometheus.NewDesc("flowgate_upstream_in_flight",
+		"Requests currently forwarded to the upstream, streams included.", []string{"upstream"}, nil)
+	healthyDesc = prometheus.NewDesc("flowgate_upstream_healthy",
+		"1 when the upstream may receive traffic, else 0.", []string{"upstream"}, nil)
+)
+
+// UpstreamSource reports each upstream in rotation: its name, requests in
+// flight, and 1 when healthy.
+type UpstreamSource func(yield func(name string, inflight, healthy float64))
+
+type upstreamCollector UpstreamSource
+
+func (upstreamCollector) Describe(ch chan<- *prometheus.Desc) { ch <- inflightDesc; ch <- healthyDesc }
+
+func (c upstreamCollector) Collect(ch chan<- prometheus.Metric) {
+	c(func(name string, inflight, healthy float64) {
+		ch <- prometheus.MustNewConstMetric(inflightDesc, prometheus.GaugeValue, inflight, name)
+		ch <- prometheus.MustNewConstMetric(healthyDesc, prometheus.GaugeValue, healthy, name)
+	})
+}
+
+// UpstreamSource exports the upstreams' gauges, read at scrape time: the
+// hot path pays nothing for them, and the set may change (discovery).
+func (m *Metrics) UpstreamSource(src UpstreamSource) {
+	if m != nil {
+		m.reg.MustRegister(upstreamCollector(src))
+	}
+}
+
+// Discovered sets how many replicas a dns upstream's last good answer gave.
+func (m *Metrics) Discovered(name string, n int) {
+	if m != nil {
+		m.discovered.WithLabelValues(name).Set(float64(n))
+	}
+}
+
+// DNSError counts a failed or empty lookup of a dns upstream.
+func (m *Metrics) DNSError(name string) {
+	if m != nil {
+		m.dnsErrors.WithLabelValues(name).Inc()
+	}
+}
+
+// ForgetUpstream drops the series of an upstream that discovery removed,
+// so replicas that come and go (pod IPs) do not pile up.
+func (m *Metrics) ForgetUpstream(name string) {
 	if m == nil {
 		return
 	}
-	labels := prometheus.Labels{"upstream": name}
-	m.reg.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "upstream_in_flight",
-			Help:        "Requests currently forwarded to the upstream, streams included.",
-			ConstLabels: labels,
-		}, inflight),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "upstream_healthy",
-			Help:        "1 when the upstream may receive traffic, else 0.",
-			ConstLabels: labels,
-		}, healthy),
-	)
+	m.ttfb.DeleteLabelValues(name)
+	m.upstreamFailures.DeletePartialMatch(prometheus.Labels{"upstream": name})
 }
 
 // ObserveRequest records one answered request.

@@ -34,6 +34,8 @@ import (
 type Options struct {
 	Logger  *zap.Logger      // required
 	Metrics *metrics.Metrics // nil records no metrics
+	// Resolver answers dns upstreams; nil is net.DefaultResolver.
+	Resolver Resolver
 	// AccessLog receives one JSON line per request, one Write per line, so
 	// it must be safe for concurrent use. nil turns access logging off.
 	AccessLog io.Writer
@@ -62,9 +64,15 @@ type Gateway struct {
 	access  io.Writer // nil when access logging is off
 	metrics *metrics.Metrics
 
-	ups []*Upstream
-	lb  *leastConn
-	rp  *httputil.ReverseProxy
+	// set is the upstreams in rotation: the static ones and what
+	// discovery found. setMu serialises its writers.
+	set      atomic.Pointer[upstreamSet]
+	setMu    sync.Mutex
+	static   []*Upstream
+	discs    []*discovery
+	resolver Resolver
+	lb       *leastConn
+	rp       *httputil.ReverseProxy
 
 	// Read-only after New: the config digested for the hot path.
 	trustedNets         []netip.Prefix
@@ -169,34 +177,52 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 			g.unhealthyStatus[c] = true
 		}
 	}
+	g.resolver = o.Resolver
+	if g.resolver == nil {
+		g.resolver = net.DefaultResolver
+	}
 	for _, uc := range cfg.Upstreams {
+		if uc.Discovered() {
+			g.discs = append(g.discs, newDiscovery(uc))
+			continue
+		}
 		u, err := url.Parse(uc.URL)
 		if err != nil {
 			return nil, fmt.Errorf("proxy: upstream %q: %w", uc.URL, err)
 		}
 		up := newUpstream(uc.Name, u) // Validate names unnamed upstreams by host
 		up.ttfb = o.Metrics.UpstreamTTFB(up.Name)
-		g.ups = append(g.ups, up)
-		o.Metrics.UpstreamGauges(up.Name,
-			func() float64 { return float64(up.InFlight()) },
-			func() float64 {
-				if up.Healthy(time.Now()) {
-					return 1
-				}
-				return 0
-			})
+		g.static = append(g.static, up)
 	}
-	if len(g.ups) == 0 {
+	if len(g.static)+len(g.discs) == 0 {
 		return nil, fmt.Errorf("proxy: no upstreams")
 	}
-	if len(g.ups) > 64 {
-		return nil, fmt.Errorf("proxy: at most 64 upstreams, got %d", len(g.ups))
+	if len(g.static) > maxUpstreams {
+		return nil, fmt.Errorf("proxy: at most %d upstreams, got %d", maxUpstreams, len(g.static))
 	}
+	g.setMu.Lock()
+	g.publishLocked()
+	g.setMu.Unlock()
+	// The first answers before serving, so a gateway starts with its
+	// replicas; one that fails is retried every refresh.
+	for _, d := range g.discs {
+		g.resolve(context.Background(), d)
+	}
+	o.Metrics.UpstreamSource(func(yield func(name string, inflight, healthy float64)) {
+		now := time.Now()
+		for _, u := range g.set.Load().ups {
+			h := 0.0
+			if u.Healthy(now) {
+				h = 1
+			}
+			yield(u.Name, float64(u.InFlight()), h)
+		}
+	})
 	var err error
 	if g.upstreamTLS, err = p.UpstreamTLS.ClientConfig(); err != nil {
 		return nil, fmt.Errorf("proxy: proxy.upstream_tls: %w", err)
 	}
-	g.lb = newLeastConn(g.ups, o.IntN)
+	g.lb = newLeastConn(nil, o.IntN)
 	// ReverseProxy logs what it could not do (a failed upgrade copy, a
 	// panic it recovered); at warn, so a logger raised to warn keeps it.
 	errLog, err := zap.NewStdLogAt(o.Logger.Named("reverseproxy"), zap.WarnLevel)
@@ -223,6 +249,10 @@ func (g *Gateway) Start() {
 	if g.cfg.Health.Active.On() {
 		g.activeChecks(ctx)
 	}
+	for _, d := range g.discs {
+		g.wg.Add(1)
+		go g.discover(ctx, d)
+	}
 }
 
 // Close stops the health checks and drops idle upstream connections.
@@ -240,8 +270,9 @@ func (g *Gateway) Close() {
 	}
 }
 
-// Upstreams returns the upstreams in config order.
-func (g *Gateway) Upstreams() []*Upstream { return g.ups }
+// Upstreams returns the upstreams in rotation: the static ones in config
+// order, then the discovered ones.
+func (g *Gateway) Upstreams() []*Upstream { return g.set.Load().ups }
 
 // Drain marks the gateway as shutting down: Ready turns false so load
 // balancers stop sending, while in-flight requests carry on.
@@ -257,7 +288,7 @@ func (g *Gateway) Ready() bool {
 	}
 	now := time.Now()
 	probed := g.cfg.Health.Active.On()
-	for _, u := range g.ups {
+	for _, u := range g.set.Load().ups {
 		if u.Healthy(now) && (!probed || u.answered.Load()) {
 			return true
 		}
@@ -436,8 +467,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	ups := g.set.Load().ups
 	for {
-		up, idx := g.lb.pick(time.Now(), st.tried)
+		up, idx := g.lb.pickFrom(ups, time.Now(), st.tried)
 		if up == nil {
 			if st.failed {
 				writeError(&st.rw, st, st.fail.status, st.fail.code, st.fail.message)

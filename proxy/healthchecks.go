@@ -22,21 +22,44 @@ func (g *Gateway) activeChecks(ctx context.Context) {
 		},
 	}
 	g.probeClient = client
-	for _, u := range g.ups {
-		g.wg.Add(1)
-		go func() {
-			defer g.wg.Done()
-			t := time.NewTicker(hc.Interval.D())
-			defer t.Stop()
-			for {
-				g.probe(ctx, client, u)
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
+	g.setMu.Lock()
+	defer g.setMu.Unlock()
+	for _, u := range g.set.Load().ups {
+		g.startProbe(u)
+	}
+}
+
+// startProbe runs u's active checks until the gateway closes or
+// discovery drops u. Before Start, or with active checks off, it does
+// nothing: Start probes what is there then. g.setMu is held.
+func (g *Gateway) startProbe(u *Upstream) {
+	if g.ctx == nil || g.probeClient == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(g.ctx)
+	u.stopProbe = cancel
+	interval, client := g.cfg.Health.Active.Interval.D(), g.probeClient
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			g.probe(ctx, client, u)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
 			}
-		}()
+		}
+	}()
+}
+
+// stopProbeOf ends u's active checks. g.setMu is held.
+func (g *Gateway) stopProbeOf(u *Upstream) {
+	if u.stopProbe != nil {
+		u.stopProbe()
+		u.stopProbe = nil
 	}
 }
 
@@ -154,7 +177,7 @@ func (g *Gateway) countPassive(u *Upstream, reason string, n int) {
 // for a lone server: with nowhere else to go, failing every request is
 // worse than trying the one that fails some.
 func (g *Gateway) othersHealthy(u *Upstream, now time.Time) bool {
-	for _, o := range g.ups {
+	for _, o := range g.set.Load().ups {
 		if o != u && o.Healthy(now) {
 			return true
 		}

@@ -24,13 +24,19 @@ func newLeastConn(ups []*Upstream, intN func(int) int) *leastConn {
 // bit set of upstream indexes already attempted by this request; they are
 // skipped so a retry goes elsewhere.
 func (b *leastConn) pick(now time.Time, tried uint64) (*Upstream, int) {
+	return b.pickFrom(b.ups, now, tried)
+}
+
+// pickFrom is pick over ups, the set a request started with: discovery
+// may publish another meanwhile, and tried's indexes are into this one.
+func (b *leastConn) pickFrom(ups []*Upstream, now time.Time, tried uint64) (*Upstream, int) {
 	var (
 		best     *Upstream
 		bestIdx  = -1
 		bestLoad int64
 		ties     int
 	)
-	for i, u := range b.ups {
+	for i, u := range ups {
 		if i < 64 && tried&(1<<uint(i)) != 0 {
 			continue
 		}

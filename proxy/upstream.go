@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,12 @@ type Upstream struct {
 	URL  *url.URL
 
 	ttfb prometheus.Observer // flowgate_upstream_ttfb_seconds{upstream=Name}
+
+	// removed: discovery dropped it. It takes no new requests; those
+	// under way finish.
+	removed atomic.Bool
+	// stopProbe ends its active checks (guarded by Gateway.setMu).
+	stopProbe context.CancelFunc
 
 	// inflight counts requests sent and not yet finished; a streamed
 	// response counts until its last byte.
@@ -56,7 +63,7 @@ func (u *Upstream) InFlight() int64 { return u.inflight.Load() }
 
 // Healthy reports whether the upstream may receive traffic at now.
 func (u *Upstream) Healthy(now time.Time) bool {
-	return u.activeUp.Load() && now.UnixNano() >= u.coolUntil.Load()
+	return u.activeUp.Load() && now.UnixNano() >= u.coolUntil.Load() && !u.removed.Load()
 }
 
 // passiveFail records a failure seen on real traffic and reports whether it
