@@ -16,6 +16,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -29,10 +30,9 @@ import (
 
 // Paths are relative to this package's folder, deploy/check.
 const (
-	repoRoot    = "../.."
-	deployDir   = ".."
-	composeFile = "../docker-compose.yml"
-	k8sDir      = "../k8s"
+	repoRoot  = "../.."
+	deployDir = ".."
+	k8sDir    = "../k8s"
 )
 
 // The flowgate ports the manifests, probes and Dockerfile agree on.
@@ -90,9 +90,18 @@ func decodeStrict(doc []byte, obj any) error {
 }
 
 // newObject returns an empty typed object for an apiVersion and kind, or nil
-// for anything this project does not ship.
+// for anything this project does not ship. A ServiceMonitor (a CRD, with no
+// type in k8s.io/api) decodes into the local serviceMonitor.
 func newObject(apiVersion, kind string) any {
 	switch apiVersion + "/" + kind {
+	case "v1/Namespace":
+		return &corev1.Namespace{}
+	case "autoscaling/v2/HorizontalPodAutoscaler":
+		return &autoscalingv2.HorizontalPodAutoscaler{}
+	case "networking.k8s.io/v1/Ingress":
+		return &networkingv1.Ingress{}
+	case "monitoring.coreos.com/v1/ServiceMonitor":
+		return &serviceMonitor{}
 	case "v1/ConfigMap":
 		return &corev1.ConfigMap{}
 	case "v1/Secret":
@@ -123,7 +132,13 @@ type rendered struct {
 	PVCs         map[string]*corev1.PersistentVolumeClaim
 	NetPols      map[string]*networkingv1.NetworkPolicy
 	ServiceAccts map[string]*corev1.ServiceAccount
+	NSes         map[string]*corev1.Namespace
+	HPAs         map[string]*autoscalingv2.HorizontalPodAutoscaler
+	Ingresses    map[string]*networkingv1.Ingress
+	SvcMonitors  map[string]*serviceMonitor
 	Kinds        []string
+	// ObjNamespace is each object's metadata.namespace, by "Kind/name".
+	ObjNamespace map[string]string
 }
 
 // decodeAll splits a multi-document YAML stream and strictly decodes every
@@ -139,6 +154,11 @@ func decodeAll(t *testing.T, stream []byte) *rendered {
 		PVCs:         map[string]*corev1.PersistentVolumeClaim{},
 		NetPols:      map[string]*networkingv1.NetworkPolicy{},
 		ServiceAccts: map[string]*corev1.ServiceAccount{},
+		NSes:         map[string]*corev1.Namespace{},
+		HPAs:         map[string]*autoscalingv2.HorizontalPodAutoscaler{},
+		Ingresses:    map[string]*networkingv1.Ingress{},
+		SvcMonitors:  map[string]*serviceMonitor{},
+		ObjNamespace: map[string]string{},
 	}
 	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(stream)))
 	for i := 0; ; i++ {
@@ -156,7 +176,8 @@ func decodeAll(t *testing.T, stream []byte) *rendered {
 			APIVersion string `json:"apiVersion"`
 			Kind       string `json:"kind"`
 			Metadata   struct {
-				Name string `json:"name"`
+				Name      string `json:"name"`
+				Namespace string `json:"namespace"`
 			} `json:"metadata"`
 		}
 		if err := yaml.Unmarshal(doc, &head); err != nil {
@@ -176,6 +197,7 @@ func decodeAll(t *testing.T, stream []byte) *rendered {
 		}
 		name := head.Metadata.Name
 		r.Kinds = append(r.Kinds, head.Kind+"/"+name)
+		r.ObjNamespace[head.Kind+"/"+name] = head.Metadata.Namespace
 		dup := false
 		switch o := obj.(type) {
 		case *appsv1.Deployment:
@@ -202,6 +224,18 @@ func decodeAll(t *testing.T, stream []byte) *rendered {
 		case *corev1.ServiceAccount:
 			_, dup = r.ServiceAccts[name]
 			r.ServiceAccts[name] = o
+		case *corev1.Namespace:
+			_, dup = r.NSes[name]
+			r.NSes[name] = o
+		case *autoscalingv2.HorizontalPodAutoscaler:
+			_, dup = r.HPAs[name]
+			r.HPAs[name] = o
+		case *networkingv1.Ingress:
+			_, dup = r.Ingresses[name]
+			r.Ingresses[name] = o
+		case *serviceMonitor:
+			_, dup = r.SvcMonitors[name]
+			r.SvcMonitors[name] = o
 		}
 		if dup {
 			t.Errorf("%s %s appears twice", head.Kind, name)
@@ -213,12 +247,11 @@ func decodeAll(t *testing.T, stream []byte) *rendered {
 	return r
 }
 
-// kustomize renders a kustomization with kubectl (offline).
-func kustomize(t *testing.T, dir string) *rendered {
+// kustomize renders the kustomization at rel (a folder under deploy/k8s)
+// with kubectl (offline); see renderK8s.
+func kustomize(t *testing.T, rel string) *rendered {
 	t.Helper()
-	kubectl := needTool(t, "kubectl", "kubectl 1.27+ (Debian package kubectl, preinstalled on the go machine image); `kubectl kustomize` renders offline")
-	out := run(t, ".", kubectl, "kustomize", dir)
-	return decodeAll(t, out)
+	return decodeAll(t, renderK8s(t, rel))
 }
 
 // ---- flowgate's own config, as far as the manifests depend on it ----------
@@ -232,10 +265,13 @@ type gateConfig struct {
 		AdminListen     string `json:"admin_listen"`
 		ShutdownTimeout string `json:"shutdown_timeout"`
 	} `json:"server"`
-	Upstreams []struct {
-		URL  string `json:"url"`
-		Name string `json:"name"`
-	} `json:"upstreams"`
+	Upstreams []gateUpstream `json:"upstreams"`
+	Proxy     struct {
+		MaxBodyBytes          string   `json:"max_body_bytes"`
+		ResponseHeaderTimeout string   `json:"response_header_timeout"`
+		IdleTimeout           string   `json:"idle_timeout"`
+		TrustedProxies        []string `json:"trusted_proxies"`
+	} `json:"proxy"`
 	Health struct {
 		Active struct {
 			Path string `json:"path"`
@@ -245,12 +281,40 @@ type gateConfig struct {
 		Token     string `json:"token"`
 		TokenFile string `json:"token_file"`
 	} `json:"admin"`
+	Redis struct {
+		Addr         string `json:"addr"`
+		Password     string `json:"password"`
+		PasswordFile string `json:"password_file"`
+	} `json:"redis"`
+	TLS struct {
+		Mode string `json:"mode"`
+	} `json:"tls"`
+}
+
+// gateUpstream is one upstreams[] entry: a url, or a dns name whose A/AAAA
+// records are the replicas (a headless Service), with their port.
+type gateUpstream struct {
+	URL     string `json:"url"`
+	Name    string `json:"name"`
+	DNS     string `json:"dns"`
+	Port    int    `json:"port"`
+	Scheme  string `json:"scheme"`
+	Refresh string `json:"refresh"`
+}
+
+// refresh is how often a dns upstream is resolved again (10s when unset).
+func (u gateUpstream) refresh() (time.Duration, error) {
+	if u.Refresh == "" {
+		return 10 * time.Second, nil
+	}
+	return time.ParseDuration(u.Refresh)
 }
 
 // parseGateConfig reads a flowgate.yaml and checks what every deployment
-// relies on: at least one absolute http(s) upstream URL, listeners on the
-// ports the manifests probe and publish, an admin token only by file, and a
-// shutdown timeout it returns (30s when unset).
+// relies on: at least one upstream, each an absolute http(s) URL or a DNS
+// name with a port, listeners on the ports the manifests probe and publish,
+// the admin token and Redis password only by file, and a shutdown timeout
+// it returns (30s when unset).
 func parseGateConfig(t *testing.T, where string, data []byte) gateConfig {
 	t.Helper()
 	var c gateConfig
@@ -261,6 +325,24 @@ func parseGateConfig(t *testing.T, where string, data []byte) gateConfig {
 		t.Errorf("%s: no upstreams: flowgate would have nothing to proxy to", where)
 	}
 	for i, u := range c.Upstreams {
+		if u.DNS != "" {
+			if u.URL != "" {
+				t.Errorf("%s: upstreams[%d] sets both url and dns", where, i)
+			}
+			if strings.ContainsAny(u.DNS, "/:[] ") {
+				t.Errorf("%s: upstreams[%d].dns %q is not a host name", where, i, u.DNS)
+			}
+			if u.Port < 1 || u.Port > 65535 {
+				t.Errorf("%s: upstreams[%d].port %d: a dns upstream needs its replicas' port", where, i, u.Port)
+			}
+			if u.Scheme != "" && u.Scheme != "http" && u.Scheme != "https" {
+				t.Errorf("%s: upstreams[%d].scheme %q is not http or https", where, i, u.Scheme)
+			}
+			if d, err := u.refresh(); err != nil || d < time.Second {
+				t.Errorf("%s: upstreams[%d].refresh %q is not a duration of at least 1s", where, i, u.Refresh)
+			}
+			continue
+		}
 		p, err := url.Parse(u.URL)
 		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
 			t.Errorf("%s: upstreams[%d].url %q is not an absolute http(s) URL", where, i, u.URL)
@@ -279,6 +361,9 @@ func parseGateConfig(t *testing.T, where string, data []byte) gateConfig {
 	}
 	if c.Admin.TokenFile == "" {
 		t.Errorf("%s: admin.token_file is not set: the admin API would refuse every call", where)
+	}
+	if c.Redis.Password != "" {
+		t.Errorf("%s: redis.password is written in the config: use redis.password_file (a secret)", where)
 	}
 	return c
 }
@@ -346,8 +431,15 @@ func declaresPort(c *corev1.Container, port int32) bool {
 	return false
 }
 
+// reporter is the part of *testing.T the manifest checks use, so that a test
+// can hand them a recorder and prove they catch what they exist to catch.
+type reporter interface {
+	Helper()
+	Errorf(format string, args ...any)
+}
+
 // checkHTTPProbe asserts a probe is an HTTP GET of path on the metrics port.
-func checkHTTPProbe(t *testing.T, where string, c *corev1.Container, kind string, p *corev1.Probe, path string) {
+func checkHTTPProbe(t reporter, where string, c *corev1.Container, kind string, p *corev1.Probe, path string) {
 	t.Helper()
 	if p == nil {
 		t.Errorf("%s: container %s has no %s probe", where, c.Name, kind)
@@ -371,7 +463,7 @@ func checkHTTPProbe(t *testing.T, where string, c *corev1.Container, kind string
 
 // checkNonRoot asserts the container cannot run as root, with the pod's
 // securityContext as the fallback, as the kubelet resolves it.
-func checkNonRoot(t *testing.T, where string, pod *corev1.PodSpec, c *corev1.Container) {
+func checkNonRoot(t reporter, where string, pod *corev1.PodSpec, c *corev1.Container) {
 	t.Helper()
 	var nonRoot *bool
 	var uid *int64
@@ -417,14 +509,24 @@ func checkNonRoot(t *testing.T, where string, pod *corev1.PodSpec, c *corev1.Con
 	}
 }
 
-func checkResources(t *testing.T, where string, c *corev1.Container) {
+// checkResources asserts cpu and memory requests and limits, each limit at
+// least its request (the scheduler, the kubelet's OOM killer and the HPA's
+// utilization all read them).
+func checkResources(t reporter, where string, c *corev1.Container) {
 	t.Helper()
-	req := c.Resources.Requests
-	if req.Cpu().IsZero() || req.Memory().IsZero() {
-		t.Errorf("%s: container %s lacks cpu and memory requests", where, c.Name)
-	}
-	if c.Resources.Limits.Memory().IsZero() {
-		t.Errorf("%s: container %s has no memory limit", where, c.Name)
+	req, lim := c.Resources.Requests, c.Resources.Limits
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		r, hasReq := req[name]
+		l, hasLim := lim[name]
+		if !hasReq || r.IsZero() {
+			t.Errorf("%s: container %s has no %s request", where, c.Name, name)
+		}
+		if !hasLim || l.IsZero() {
+			t.Errorf("%s: container %s has no %s limit", where, c.Name, name)
+		}
+		if hasReq && hasLim && l.Cmp(r) < 0 {
+			t.Errorf("%s: container %s: %s limit %s is below its request %s", where, c.Name, name, l.String(), r.String())
+		}
 	}
 }
 
@@ -450,6 +552,10 @@ func gateContainer(t *testing.T, where string, r *rendered, pod *corev1.PodSpec,
 	t.Helper()
 	checkHTTPProbe(t, where, c, "liveness", c.LivenessProbe, "/healthz")
 	checkHTTPProbe(t, where, c, "readiness", c.ReadinessProbe, "/readyz")
+	if c.StartupProbe != nil {
+		// /readyz waits for an upstream; a startup probe only needs the process.
+		checkHTTPProbe(t, where, c, "startup", c.StartupProbe, "/healthz")
+	}
 	checkNonRoot(t, where, pod, c)
 	checkResources(t, where, c)
 	for _, port := range []int32{proxyPort, metricsPort} {
@@ -476,9 +582,12 @@ func gateContainer(t *testing.T, where string, r *rendered, pod *corev1.PodSpec,
 	}
 	cfg := parseGateConfig(t, where+": ConfigMap "+cm.Name, []byte(cm.Data[key]))
 
-	// admin.token_file must come from a mounted Secret.
+	// admin.token_file and redis.password_file must come from mounted Secrets.
 	if tf := cfg.Admin.TokenFile; tf != "" && !mountedFromSecret(pod, c, tf) {
 		t.Errorf("%s: admin.token_file %s is not inside a Secret volume mounted in %s", where, tf, c.Name)
+	}
+	if pf := cfg.Redis.PasswordFile; pf != "" && !mountedFromSecret(pod, c, pf) {
+		t.Errorf("%s: redis.password_file %s is not inside a Secret volume mounted in %s", where, pf, c.Name)
 	}
 	return cfg
 }

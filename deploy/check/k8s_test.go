@@ -1,9 +1,20 @@
 package check
 
+// The Kubernetes layouts under deploy/k8s, each rendered with `kubectl
+// kustomize` and decoded strictly into its API type (helpers_test.go); the
+// checks themselves are in k8s_checks_test.go.
+//
+//	base              flowgate's Deployment, Service, PDB, config; alone, in front of a `flowise` Service
+//	overlays/gateway  the base + HPA, ServiceMonitor, Redis, Flowise behind a headless Service
+//	overlays/ingress  the gateway + TLS at an Ingress (cert-manager)
+//	overlays/sidecar  flowgate as a native sidecar in Flowise's pod
+
 import (
-	"net"
-	"net/url"
+	"os"
+	"path"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +23,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
 )
 
 // The checker must fail on the mistakes it exists to catch.
@@ -40,32 +52,68 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: x}
 spec: {replicas: "two"}`,
+		"misspelt ServiceMonitor field": `
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata: {name: x}
+spec:
+  selector: {matchLabels: {app: x}}
+  endpoints: [{port: metrics, pth: /metrics}]`,
+		"misspelt HPA field": `
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: x}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: x}
+  minReplica: 3
+  maxReplicas: 10`,
 	}
 	for name, doc := range bad {
-		var obj any
-		if strings.Contains(doc, "kind: Deployment") {
-			obj = newObject("apps/v1", "Deployment")
-		} else if strings.Contains(doc, "kind: Service") {
-			obj = newObject("v1", "Service")
-		} else {
-			obj = newObject("v1", "ConfigMap")
+		var head struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			t.Fatal(err)
+		}
+		obj := newObject(head.APIVersion, head.Kind)
+		if obj == nil {
+			t.Fatalf("%s: newObject does not know %s/%s", name, head.APIVersion, head.Kind)
 		}
 		if err := decodeStrict([]byte(doc), obj); err == nil {
 			t.Errorf("%s: decodeStrict accepted it", name)
 		}
 	}
-	if newObject("apps/v1", "DaemonSet") != nil || newObject("v1beta1", "Deployment") != nil {
+	if newObject("apps/v1", "DaemonSet") != nil || newObject("v1beta1", "Deployment") != nil || newObject("monitoring.coreos.com/v1", "PodMonitor") != nil {
 		t.Error("newObject knows a kind or apiVersion the project does not ship")
 	}
-	good := `
+	good := map[string]string{
+		"Service": `
 apiVersion: v1
 kind: Service
 metadata: {name: x}
 spec:
   selector: {app: x}
-  ports: [{name: http, port: 80, targetPort: http}]`
-	if err := decodeStrict([]byte(good), newObject("v1", "Service")); err != nil {
-		t.Errorf("decodeStrict rejected a valid Service: %v", err)
+  ports: [{name: http, port: 80, targetPort: http}]`,
+		"ServiceMonitor": `
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata: {name: x, labels: {a: b}}
+spec:
+  selector: {matchLabels: {app: x}}
+  endpoints: [{port: metrics, path: /metrics, interval: 15s, scrapeTimeout: 10s}]`,
+	}
+	for name, doc := range good {
+		var head struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &head); err != nil {
+			t.Fatal(err)
+		}
+		if err := decodeStrict([]byte(doc), newObject(head.APIVersion, head.Kind)); err != nil {
+			t.Errorf("decodeStrict rejected a valid %s: %v", name, err)
+		}
 	}
 }
 
@@ -96,73 +144,154 @@ func checkGrace(t *testing.T, where string, pod *corev1.PodSpec, shutdown, befor
 	}
 }
 
-func TestK8sStandalone(t *testing.T) {
-	const where = "standalone"
-	r := kustomize(t, filepath.Join(k8sDir, "standalone"))
-	checkPodWiring(t, r)
-
-	d, ok := r.Deployments["flowgate"]
-	if !ok {
-		t.Fatalf("no Deployment flowgate; rendered %v", r.Kinds)
+// Every kustomization under deploy/k8s has a test here.
+func TestK8sEveryKustomizationIsChecked(t *testing.T) {
+	found := map[string]bool{}
+	for _, d := range kustomizationDirs(t) {
+		found[d] = true
+		if _, ok := k8sLayouts[d]; !ok {
+			t.Errorf("deploy/k8s/%s is a kustomization no test checks: add it to k8sLayouts with a test of its own", d)
+		}
 	}
+	for d := range k8sLayouts {
+		if !found[d] {
+			t.Errorf("k8sLayouts lists deploy/k8s/%s, which holds no kustomization", d)
+		}
+	}
+}
+
+// The base alone: flowgate in front of an existing `flowise` Service.
+func TestK8sBase(t *testing.T) {
+	const where = "base"
+	r := kustomize(t, "base")
+	checkPodWiring(t, r)
+	checkPods(t, where, r, nil)
+	checkPDBs(t, where, r)
+	checkNamespaces(t, where, r, "")
+	// docs/deploy.md has you create it with kubectl.
+	checkSecretRefs(t, where, r, map[string]bool{"flowgate-admin": true})
+
+	d, _, _, cfg := gatewayDeployment(t, where, r)
 	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
 		t.Errorf("%s: Deployment flowgate should run at least 2 replicas", where)
 	}
-	pod := &d.Spec.Template.Spec
-	c, isInit := findContainer(pod, "flowgate")
-	if c == nil || isInit {
-		t.Fatalf("%s: no flowgate container in the Deployment's containers", where)
-	}
-	cfg := gateContainer(t, where, r, pod, c)
-	checkScrapeAnnotations(t, where, &d.Spec.Template)
-	checkGrace(t, where, pod, shutdownTimeout(t, where, cfg), preStopSleep(c))
-
-	// Points at the flowise Service.
 	atFlowise := false
 	for _, u := range cfg.Upstreams {
-		if p, err := url.Parse(u.URL); err == nil && strings.SplitN(p.Hostname(), ".", 2)[0] == "flowise" {
+		if h := u.DNS; h != "" {
+			atFlowise = atFlowise || strings.HasPrefix(h, "flowise")
+		} else if strings.HasPrefix(u.URL, "http://flowise:") || strings.HasPrefix(u.URL, "http://flowise.") {
 			atFlowise = true
 		}
 	}
 	if !atFlowise {
 		t.Errorf("%s: no upstream points at the flowise Service: %+v", where, cfg.Upstreams)
 	}
+}
 
-	// The Service reaches flowgate's proxy port.
-	svc, ok := r.Services["flowgate"]
-	if !ok {
-		t.Fatalf("%s: no Service flowgate", where)
+// checkGatewayOverlay checks what the gateway overlay renders, and what the
+// ingress overlay keeps of it. It returns flowgate's config.
+func checkGatewayOverlay(t *testing.T, where string, r *rendered) gateConfig {
+	t.Helper()
+	checkPodWiring(t, r)
+	checkPods(t, where, r, nil)
+	checkPDBs(t, where, r)
+	checkNamespaces(t, where, r, "flowise")
+	checkSecretRefs(t, where, r, nil) // every Secret comes from the secretGenerator
+
+	// The namespace enforces the restricted Pod Security Standard: every
+	// pod must pass it, or the API server refuses it.
+	if ns, ok := r.NSes["flowise"]; ok {
+		if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
+			t.Errorf("%s: namespace flowise does not enforce the restricted Pod Security Standard", where)
+		}
 	}
-	if servedBy(r, svc) != d {
-		t.Errorf("%s: Service flowgate does not select the flowgate pods", where)
+	for _, name := range sortedKeys(r.Deployments) {
+		checkRestricted(t, where+": Deployment "+name, &r.Deployments[name].Spec.Template.Spec)
 	}
-	reachesProxy := false
-	for _, sp := range svc.Spec.Ports {
-		tc, port := targetContainer(pod, sp)
-		if tc == nil {
-			t.Errorf("%s: Service port %s targets %s, which no container declares", where, sp.Name, sp.TargetPort.String())
+
+	_, pod, gate, cfg := gatewayDeployment(t, where, r)
+	checkHPA(t, where, r)
+	checkServiceMonitor(t, where, r)
+
+	if p := cfg.Health.Active.Path; p != "" && p != flowisePing {
+		t.Errorf("%s: health.active.path %s: Flowise answers only %s without credentials", where, p, flowisePing)
+	}
+	if len(cfg.Upstreams) == 0 {
+		t.Fatalf("%s: flowgate has no upstream", where)
+	}
+	for _, u := range cfg.Upstreams {
+		d := checkHeadlessUpstream(t, where, r, u)
+		if d == nil {
 			continue
 		}
-		if port == proxyPort {
-			reachesProxy = true
+		refresh, err := u.refresh()
+		if err != nil {
+			t.Errorf("%s: upstream refresh %q: %v", where, u.Refresh, err)
 		}
-	}
-	if !reachesProxy {
-		t.Errorf("%s: no Service port targets flowgate's %d", where, proxyPort)
+		checkFlowise(t, where, r, d, refresh)
+		checkOnlyFlowgateReaches(t, where, r, d, int32(u.Port))
 	}
 
-	if len(r.PDBs) == 0 {
-		t.Errorf("%s: no PodDisruptionBudget", where)
+	checkRedis(t, where, r, cfg, pod, gate)
+	if svc, ok := r.Services["redis"]; ok {
+		if d := servedBy(r, svc); d != nil {
+			checkOnlyFlowgateReaches(t, where, r, d, 6379)
+		}
 	}
-	if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
-		t.Errorf("%s: flowgate needs no Kubernetes API token: set automountServiceAccountToken: false", where)
+	return cfg
+}
+
+func TestK8sGateway(t *testing.T) {
+	r := kustomize(t, "overlays/gateway")
+	checkGatewayOverlay(t, "gateway", r)
+	if len(r.Ingresses) > 0 {
+		t.Errorf("gateway: renders an Ingress; that is the ingress overlay's")
+	}
+}
+
+func TestK8sIngress(t *testing.T) {
+	const where = "ingress"
+	r := kustomize(t, "overlays/ingress")
+	cfg := checkGatewayOverlay(t, where, r)
+	checkIngress(t, where, r, cfg)
+
+	// Its flowgate.yaml is the gateway's plus proxy.trusted_proxies.
+	read := func(file string) map[string]any {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := yaml.Unmarshal(data, &m); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		return m
+	}
+	gw := read(filepath.Join(k8sDir, "overlays", "gateway", "flowgate.yaml"))
+	ing := read(filepath.Join(k8sDir, "overlays", "ingress", "flowgate.yaml"))
+	if p, ok := ing["proxy"].(map[string]any); ok {
+		delete(p, "trusted_proxies")
+		if len(p) == 0 {
+			delete(ing, "proxy")
+		}
+	}
+	if !reflect.DeepEqual(gw, ing) {
+		a, _ := yaml.Marshal(gw)
+		b, _ := yaml.Marshal(ing)
+		t.Errorf("%s: flowgate.yaml differs from the gateway overlay's by more than proxy.trusted_proxies:\ngateway:\n%s\ningress (without trusted_proxies):\n%s", where, a, b)
 	}
 }
 
 func TestK8sSidecar(t *testing.T) {
 	const where = "sidecar"
-	r := kustomize(t, filepath.Join(k8sDir, "sidecar"))
+	r := kustomize(t, "overlays/sidecar")
 	checkPodWiring(t, r)
+	checkPods(t, where, r, map[string]string{
+		"flowise/flowise": "the upstream image runs as root and keeps its SQLite data in /root/.flowise",
+	})
+	checkPDBs(t, where, r)
+	checkNamespaces(t, where, r, "")
+	checkSecretRefs(t, where, r, map[string]bool{"flowgate-admin": true})
 
 	d, ok := r.Deployments["flowise"]
 	if !ok {
@@ -179,9 +308,6 @@ func TestK8sSidecar(t *testing.T) {
 	if !isInit || gate.RestartPolicy == nil || *gate.RestartPolicy != corev1.ContainerRestartPolicyAlways {
 		t.Errorf("%s: flowgate must be an initContainer with restartPolicy: Always (a native sidecar)", where)
 	}
-	if sp := gate.StartupProbe; sp != nil && sp.HTTPGet != nil && sp.HTTPGet.Path == "/readyz" {
-		t.Errorf("%s: flowgate's startupProbe waits on /readyz, which needs Flowise, which waits on the startupProbe", where)
-	}
 	flowise, fIsInit := findContainer(pod, "flowise")
 	if flowise == nil || fIsInit {
 		t.Fatalf("%s: no flowise main container", where)
@@ -192,17 +318,7 @@ func TestK8sSidecar(t *testing.T) {
 
 	// The upstream is Flowise over loopback, on the port Flowise declares.
 	for _, u := range cfg.Upstreams {
-		p, err := url.Parse(u.URL)
-		if err != nil {
-			continue
-		}
-		ip := net.ParseIP(p.Hostname())
-		if p.Hostname() != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			t.Errorf("%s: upstream %s is not on loopback: the sidecar proxies to its own pod", where, u.URL)
-		}
-		if !declaresPort(flowise, int32(mustAtoi(t, p.Port()))) {
-			t.Errorf("%s: upstream %s: the flowise container does not declare that port", where, u.URL)
-		}
+		checkLoopbackUpstream(t, where, u, flowise)
 	}
 
 	// Every Service port in front of this pod lands on flowgate, never on
@@ -274,4 +390,111 @@ func policyPortOpens(p networkingv1.NetworkPolicyPort, c *corev1.Container) bool
 		}
 	}
 	return false
+}
+
+// The secretGenerators read git-ignored files; only their templates are
+// committed, with every secret left empty (an empty value stops the pod
+// that needs it, where a placeholder would run with a known secret).
+func TestK8sSecretTemplates(t *testing.T) {
+	ignoreData, err := os.ReadFile(filepath.Join(k8sDir, ".gitignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patterns []string
+	for _, l := range strings.Split(string(ignoreData), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			patterns = append(patterns, strings.TrimPrefix(l, "/"))
+		}
+	}
+	ignored := func(rel string) bool {
+		for _, p := range patterns {
+			if ok, _ := path.Match(p, rel); ok {
+				return true
+			}
+		}
+		return false
+	}
+
+	// Not secrets: defaults a template may carry.
+	nonSecret := map[string]bool{"DATABASE_PORT": true, "DATABASE_NAME": true, "DATABASE_USER": true}
+	generated := 0
+	for _, dir := range kustomizationDirs(t) {
+		data, err := os.ReadFile(filepath.Join(k8sDir, filepath.FromSlash(dir), "kustomization.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var k struct {
+			SecretGenerator []struct {
+				Name     string   `json:"name"`
+				Envs     []string `json:"envs"`
+				Files    []string `json:"files"`
+				Literals []string `json:"literals"`
+			} `json:"secretGenerator"`
+		}
+		if err := yaml.Unmarshal(data, &k); err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		for _, g := range k.SecretGenerator {
+			generated++
+			if len(g.Literals) > 0 {
+				t.Errorf("%s: secretGenerator %s has literals: secrets would be committed", dir, g.Name)
+			}
+			for _, f := range append(append([]string{}, g.Envs...), g.Files...) {
+				rel := path.Join(dir, f)
+				if !ignored(rel) {
+					t.Errorf("deploy/k8s/%s (secretGenerator %s) is not git-ignored by deploy/k8s/.gitignore", rel, g.Name)
+				}
+				example := filepath.Join(k8sDir, filepath.FromSlash(rel)) + ".example"
+				if _, err := os.Stat(example); err != nil {
+					t.Errorf("deploy/k8s/%s has no template %s.example", rel, path.Base(rel))
+					continue
+				}
+				if ignored(rel + ".example") {
+					t.Errorf("deploy/k8s/%s.example is git-ignored: the template would not be committed", rel)
+				}
+				kv := envFile(t, example)
+				if len(kv) == 0 {
+					t.Errorf("%s lists no key", example)
+				}
+				for key, v := range kv {
+					if v != "" && !nonSecret[key] {
+						t.Errorf("%s gives %s a value: leave secrets empty in a template", example, key)
+					}
+				}
+			}
+		}
+	}
+	if generated < 3 {
+		t.Errorf("%d secretGenerators, want the gateway's three (admin token, Redis password, Flowise)", generated)
+	}
+}
+
+// docs/deploy.md names every layout, and every deploy/k8s path it names exists.
+func TestK8sDocs(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(repoRoot, "docs", "deploy.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(data)
+	for d := range k8sLayouts {
+		if !strings.Contains(doc, "deploy/k8s/"+d) {
+			t.Errorf("docs/deploy.md does not mention deploy/k8s/%s", d)
+		}
+	}
+	for _, m := range regexp.MustCompile(`deploy/k8s/[A-Za-z0-9_./*-]*[A-Za-z0-9_*]`).FindAllString(doc, -1) {
+		p := filepath.Join(repoRoot, filepath.FromSlash(m))
+		if matches, _ := filepath.Glob(p); len(matches) > 0 {
+			continue
+		}
+		if _, err := os.Stat(p + ".example"); err == nil && strings.HasSuffix(m, ".env") {
+			continue // a git-ignored secrets file, made from its template
+		}
+		t.Errorf("docs/deploy.md names %s, which does not exist", m)
+	}
+	examples, _ := filepath.Glob(filepath.Join(k8sDir, "overlays", "*", "secrets", "*.env.example"))
+	for _, e := range examples {
+		if name := strings.TrimSuffix(filepath.Base(e), ".example"); !strings.Contains(doc, name) {
+			t.Errorf("docs/deploy.md does not say how to write %s", name)
+		}
+	}
 }

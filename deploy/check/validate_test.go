@@ -42,12 +42,14 @@ func TestShippedConfigsPassFlowgateValidate(t *testing.T) {
 	if err := os.WriteFile(token, []byte("check-token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	configs := []string{
-		filepath.Join(deployDir, "flowgate.compose.yaml"),
-		filepath.Join(deployDir, "flowgate.demo.yaml"),
-		filepath.Join(k8sDir, "standalone", "flowgate.yaml"),
-		filepath.Join(k8sDir, "sidecar", "flowgate.yaml"),
+	// deploy/compose/flowgate.*.yaml: TestComposeFlowgateConfigs (docker_test.go).
+	var configs []string
+	// Every kustomization's flowgate.yaml (base and overlays).
+	k8sConfigs := k8sFlowgateConfigs(t)
+	if len(k8sConfigs) < 4 {
+		t.Errorf("found %d flowgate.yaml under %s, want the base's and the gateway, ingress and sidecar overlays'", len(k8sConfigs), k8sDir)
 	}
+	configs = append(configs, k8sConfigs...)
 	for _, c := range configs {
 		t.Run(strings.TrimPrefix(filepath.ToSlash(c), "../"), func(t *testing.T) {
 			data, err := os.ReadFile(c)
@@ -58,9 +60,15 @@ func TestShippedConfigsPassFlowgateValidate(t *testing.T) {
 			if err := yaml.Unmarshal(data, &doc); err != nil {
 				t.Fatal(err)
 			}
+			// Secret files exist only inside the containers.
 			if admin, ok := doc["admin"].(map[string]any); ok {
 				if _, ok := admin["token_file"]; ok {
 					admin["token_file"] = token
+				}
+			}
+			if redis, ok := doc["redis"].(map[string]any); ok {
+				if _, ok := redis["password_file"]; ok {
+					redis["password_file"] = token
 				}
 			}
 			out, err := yaml.Marshal(doc)
