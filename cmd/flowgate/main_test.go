@@ -182,3 +182,36 @@ func TestSecondSignalEndsTheDrain(t *testing.T) {
 		t.Fatal("second signal did not end the drain of a 60 s stream")
 	}
 }
+
+// SIGHUP (a reload hook or logrotate used to nginx) neither kills nor
+// drains: a stream under way completes and the gateway keeps serving.
+func TestSIGHUPIgnored(t *testing.T) {
+	s, br := streamThroughBinary(t, 5, 50*time.Millisecond)
+	if err := s.Cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	timeout := time.After(10 * time.Second)
+wait:
+	for {
+		select {
+		case line := <-s.Logs:
+			if msg, _ := line["msg"].(string); strings.HasPrefix(msg, "SIGHUP ignored") {
+				break wait
+			}
+		case err := <-s.Exited:
+			t.Fatalf("exited on SIGHUP: %v", err)
+		case <-timeout:
+			t.Fatal("no log line for the SIGHUP")
+		}
+	}
+	rest, err := io.ReadAll(br)
+	if err != nil || !bytes.Contains(rest, []byte(`"data":"[DONE]"`)) {
+		t.Fatalf("stream after SIGHUP: %v %q", err, rest)
+	}
+	waitReadyz(t, s, http.StatusOK)
+	select {
+	case err := <-s.Exited:
+		t.Fatalf("exited after SIGHUP: %v", err)
+	default:
+	}
+}
