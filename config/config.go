@@ -135,6 +135,13 @@ type Proxy struct {
 	// trusted proxy sent it. Flowise treats "x-request-from: internal" as
 	// a call from its own UI, so it is dropped by default. Default false.
 	PassRequestFrom bool `yaml:"pass_request_from"`
+	// RequestFromWithSession forwards x-request-from from any client whose
+	// request carries Flowise's session cookie ("token"): Flowise 3 then
+	// checks that session instead of an API key, which is how its own UI
+	// calls the API, so the UI works through the gateway. Turn it off for
+	// Flowise 2.2 and older, where the header with no basic auth set
+	// skipped the API key check. Default true.
+	RequestFromWithSession *bool `yaml:"request_from_with_session"`
 	// Gzip compresses text and JSON responses. Default on.
 	Gzip Gzip `yaml:"gzip"`
 	// UpstreamTLS configures connections to https:// upstreams.

@@ -75,24 +75,25 @@ type Gateway struct {
 	rp       *httputil.ReverseProxy
 
 	// Read-only after New: the config digested for the hot path.
-	trustedNets         []netip.Prefix
-	secHeaders          []secHeader
-	staticExt           map[string]struct{}
-	staticCC            []string // asset Cache-Control, shared by every response (len == cap); nil: off
-	preserveHost        bool
-	gzipOn              bool
-	gzipMin             int64
-	gzipTypes           []string
-	unhealthyStatus     [600]bool
-	body                bodyLimits
-	bodyBudget          bodyBudget
-	diskBudget          bodyBudget
-	writeIdle           time.Duration
-	passRequestFrom     bool
-	headerTimeout       time.Duration
-	streamHeaderTimeout time.Duration
-	idleTimeout         time.Duration
-	retries             int
+	trustedNets            []netip.Prefix
+	secHeaders             []secHeader
+	staticExt              map[string]struct{}
+	staticCC               []string // asset Cache-Control, shared by every response (len == cap); nil: off
+	preserveHost           bool
+	gzipOn                 bool
+	gzipMin                int64
+	gzipTypes              []string
+	unhealthyStatus        [600]bool
+	body                   bodyLimits
+	bodyBudget             bodyBudget
+	diskBudget             bodyBudget
+	writeIdle              time.Duration
+	passRequestFrom        bool
+	requestFromWithSession bool
+	headerTimeout          time.Duration
+	streamHeaderTimeout    time.Duration
+	idleTimeout            time.Duration
+	retries                int
 
 	states sync.Pool
 
@@ -124,22 +125,23 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 	}
 	p := cfg.Proxy
 	g := &Gateway{
-		cfg:                 cfg,
-		log:                 o.Logger,
-		metrics:             o.Metrics,
-		trustedNets:         p.TrustedNets(),
-		staticExt:           map[string]struct{}{},
-		preserveHost:        p.PreserveHostOn(),
-		gzipOn:              p.Gzip.On(),
-		gzipMin:             int64(p.Gzip.MinSize),
-		gzipTypes:           p.Gzip.ContentTypes,
-		writeIdle:           cfg.Server.WriteIdleTimeout.D(),
-		passRequestFrom:     p.PassRequestFrom,
-		headerTimeout:       p.ResponseHeaderTimeout.D(),
-		streamHeaderTimeout: p.StreamResponseHeaderTimeout.D(),
-		idleTimeout:         p.IdleTimeout.D(),
-		retries:             p.Retries,
-		healthCh:            make(chan struct{}),
+		cfg:                    cfg,
+		log:                    o.Logger,
+		metrics:                o.Metrics,
+		trustedNets:            p.TrustedNets(),
+		staticExt:              map[string]struct{}{},
+		preserveHost:           p.PreserveHostOn(),
+		gzipOn:                 p.Gzip.On(),
+		gzipMin:                int64(p.Gzip.MinSize),
+		gzipTypes:              p.Gzip.ContentTypes,
+		writeIdle:              cfg.Server.WriteIdleTimeout.D(),
+		passRequestFrom:        p.PassRequestFrom,
+		requestFromWithSession: config.Bool(p.RequestFromWithSession, true),
+		headerTimeout:          p.ResponseHeaderTimeout.D(),
+		streamHeaderTimeout:    p.StreamResponseHeaderTimeout.D(),
+		idleTimeout:            p.IdleTimeout.D(),
+		retries:                p.Retries,
+		healthCh:               make(chan struct{}),
 	}
 	g.quota, g.ledger = o.Quota, o.Ledger
 	if o.Prices != nil {

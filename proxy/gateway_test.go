@@ -4,6 +4,7 @@ import (
 	"compress/gzip"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -307,14 +308,37 @@ func TestForwardedHeadersAndTrust(t *testing.T) {
 		{"trusted proxy, pass_request_from on", []string{"127.0.0.0/8"}, true, map[string]string{
 			"X-Request-From": "internal",
 		}},
+		// Flowise 3's UI: the header with its session cookie, which Flowise
+		// checks instead of an API key.
+		{"untrusted client with a session cookie", nil, false, map[string]string{
+			"X-Request-From": "internal", "Cookie": "token=eyJhbGciOi.x.y",
+		}},
+		{"untrusted client with an empty session cookie", nil, false, map[string]string{
+			"X-Request-From": "", "Cookie": "token=",
+		}},
+		{"session cookie, request_from_with_session off", nil, false, map[string]string{
+			"X-Request-From": "",
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			off := strings.Contains(tc.name, "request_from_with_session off")
 			g := newGW(t, []string{ff.URL()}, func(c *config.Config) {
 				c.Proxy.TrustedProxies = tc.trusted
 				c.Proxy.PassRequestFrom = tc.passFrom
+				if off {
+					c.Proxy.RequestFromWithSession = new(bool)
+				}
 			})
-			resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, spoof)
+			hdr := spoof
+			if c, ok := tc.want["Cookie"]; ok || off {
+				hdr = maps.Clone(spoof)
+				hdr["Cookie"] = c
+				if off {
+					hdr["Cookie"] = "token=eyJhbGciOi.x.y"
+				}
+			}
+			resp := predict(t, http.DefaultClient, g.URL, `{"question":"hi"}`, hdr)
 			readAll(t, resp)
 			mu.Lock()
 			defer mu.Unlock()

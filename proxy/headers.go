@@ -91,10 +91,13 @@ func (g *Gateway) setForwarded(pr *httputil.ProxyRequest, st *reqState) {
 		// Forwarded (RFC 7239) would let a client forge its address past us.
 		out.Header.Del("Forwarded")
 	}
-	// Flowise treats "x-request-from: internal" as a call from its own UI,
-	// past its API keys. Only a trusted proxy may say so, and only when the
-	// operator asked for it.
-	if !g.passRequestFrom || !st.trustedPeer {
+	// Flowise treats "x-request-from: internal" as a call from its own UI.
+	// A trusted proxy may say so when the operator asked for it; any client
+	// may when it also carries Flowise's session cookie (Flowise 3 then
+	// checks the session instead of an API key: that is how its UI calls
+	// the API). Anyone else's is dropped.
+	if _, ok := out.Header["X-Request-From"]; ok &&
+		!(g.passRequestFrom && st.trustedPeer) && !(g.requestFromWithSession && hasSessionCookie(in)) {
 		out.Header.Del("X-Request-From")
 	}
 	out.Header.Set("X-Forwarded-Proto", proto)
@@ -196,4 +199,11 @@ func idChars(s string) bool {
 		}
 	}
 	return true
+}
+
+// hasSessionCookie reports whether r carries a non-empty Flowise session
+// cookie ("token", the JWT Flowise 3's UI logs in with).
+func hasSessionCookie(r *http.Request) bool {
+	c, err := r.Cookie("token")
+	return err == nil && c.Value != ""
 }
