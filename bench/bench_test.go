@@ -356,3 +356,132 @@ func TestRenderQuota(t *testing.T) {
 		}
 	}
 }
+
+// The metrics-off target's config parses, turns the request path's
+// metrics off and leaves the rest as the plain flowgate target's (no
+// quota, cache off, no Redis, the metrics listener still there); the plain
+// target keeps the metrics on (the default).
+func TestNoMetricsTargetConfig(t *testing.T) {
+	base := flowgateConf(18080, 18090, "http://127.0.0.1:3000", true)
+	plain, err := config.Parse([]byte(base), "flowgate.yaml")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, base)
+	}
+	if !config.Bool(plain.Metrics.Enabled, true) {
+		t.Error("the plain flowgate target has its metrics off")
+	}
+	text := base + flowgateNoMetricsSection()
+	c, err := config.Parse([]byte(text), "flowgate.yaml")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	if c.Metrics.Enabled == nil || *c.Metrics.Enabled || config.Bool(c.Metrics.Enabled, true) {
+		t.Errorf("metrics.enabled %v: want false", c.Metrics.Enabled)
+	}
+	if c.Server.Listen != "127.0.0.1:18080" || c.Server.MetricsListen != "127.0.0.1:18090" || c.Server.AdminListen != "" {
+		t.Errorf("listeners %q, %q, %q", c.Server.Listen, c.Server.MetricsListen, c.Server.AdminListen)
+	}
+	if len(c.Quota.Workflows) != 0 || !c.Quota.Default.IsZero() || c.Cache.AnyEnabled() || c.Redis.Addr != "" {
+		t.Errorf("not the plain target's: quota %+v, cache on %v, redis %q", c.Quota, c.Cache.AnyEnabled(), c.Redis.Addr)
+	}
+	c.Metrics.Enabled = nil
+	cj, err1 := json.Marshal(c)
+	pj, err2 := json.Marshal(plain)
+	if err1 != nil || err2 != nil || string(cj) != string(pj) {
+		t.Errorf("differs from the plain target's beyond metrics.enabled (%v, %v):\n%s\n%s", err1, err2, cj, pj)
+	}
+
+	k := noMetricsTarget
+	if !slices.Contains(knownTargets, k) || !slices.Contains(allTargets, k) || jsonOnly(k) || isQuota(k) {
+		t.Errorf("%s: a known target, in the default set, not JSON only, no quota", k)
+	}
+	for sc, want := range map[string]bool{"json": true, "stream": true, "rate": false, "memory": false} {
+		if measuredIn(k, sc) != want {
+			t.Errorf("measuredIn(%s, %s) = %v", k, sc, !want)
+		}
+	}
+	for _, k := range []string{cacheTarget, quotaTarget, quotaRedisTarget} {
+		if !measuredIn(k, "json") || measuredIn(k, "stream") || measuredIn(k, "rate") || measuredIn(k, "memory") {
+			t.Errorf("%s: JSON scenario only", k)
+		}
+	}
+	for _, sc := range []string{"json", "rate", "stream", "memory"} {
+		if !measuredIn("flowgate", sc) || !measuredIn("nginx", sc) {
+			t.Errorf("flowgate or nginx not in %s", sc)
+		}
+	}
+	if measuredInAny(k, map[string]bool{"rate": true, "memory": true}) || !measuredInAny(k, map[string]bool{"stream": true}) ||
+		measuredInAny(cacheTarget, map[string]bool{"stream": true, "rate": true}) || !measuredInAny(cacheTarget, map[string]bool{"json": true}) {
+		t.Error("measuredInAny")
+	}
+}
+
+// The metrics-cost paragraph pairs rounds: throughput as a ratio, CPU as
+// a difference, and says whether the loss is within issue 10's 3 %.
+func TestRenderMetricsCost(t *testing.T) {
+	agg := func(rs ...jsonRound) *jsonAgg {
+		a := &jsonAgg{Rounds: rs}
+		var rps, cpu, p99 []float64
+		for _, r := range rs {
+			rps, cpu, p99 = append(rps, r.RPS), append(cpu, float64(r.CPUus)), append(p99, r.Wrk.P99)
+		}
+		a.RPS, a.CPU, a.P99 = spreadOf(rps), spreadOf(cpu), spreadOf(p99)
+		return a
+	}
+	round := func(n int, rps, cpu float64, on bool) jsonRound {
+		counted := 0.0
+		if on {
+			counted = rps * 8
+		}
+		return jsonRound{Round: n, RPS: rps, CPUus: f64(cpu), Wrk: wrkOut{P99: 10000, Requests: int64(rps * 8)}, Counted: &counted}
+	}
+	rep := report{JSON: map[string]*jsonAgg{
+		"flowgate":      agg(round(1, 19000, 60, true), round(2, 19600, 58, true), round(3, 18000, 66, true)),
+		noMetricsTarget: agg(round(1, 20000, 57, false), round(2, 20000, 55.5, false), round(3, 18000, 62, false)),
+	}}
+	out := rep.renderMetricsCost()
+	for _, want := range []string{
+		"is **0.980 ×** flowgate-nometrics's (0.950–1.000, min–max over 3 paired rounds; ratio of the medians 0.950)",
+		"a throughput loss of 2.0 % (0.0 to 5.0 % over rounds), within issue 10's limit of 3 %",
+		"proxy CPU per request +3.0 µs (2.5–4.0) with metrics on",
+		"| req/s | 19,000 (18,000–19,600) | 20,000 (18,000–20,000) | 0.980 (0.950–1.000) × |",
+		"| proxy CPU/req | 60.0 µs (58.0–66.0) | 57.0 µs (55.5–62.0) | +3.0 µs (2.5–4.0) |",
+		"flowgate's `flowgate_requests_total` counted 452,800 requests for 452,800 completed by wrk (over the rounds); flowgate-nometrics's counted 0 for 464,000.",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("lacks %q:\n%s", want, out)
+		}
+	}
+	rep.JSON["flowgate"].Rounds[1].RPS = 19000 // round 2: 0.950; median 0.950
+	if out := rep.renderMetricsCost(); !strings.Contains(out, "loss of 5.0 %") || !strings.Contains(out, "over issue 10's limit") {
+		t.Errorf("a 5 %% loss not over the limit:\n%s", out)
+	}
+	rep.JSON[noMetricsTarget].Rounds = []jsonRound{round(9, 1, 1, false)}
+	if out := rep.renderMetricsCost(); !strings.Contains(out, "not measured") {
+		t.Errorf("no paired round:\n%s", out)
+	}
+	full := (&report{JSON: map[string]*jsonAgg{"flowgate": rep.JSON["flowgate"]}}).render(options{rounds: 3})
+	if strings.Contains(full, "Metrics cost") {
+		t.Error("metrics cost rendered without flowgate-nometrics")
+	}
+}
+
+func TestMetricsAsConfigured(t *testing.T) {
+	if err := metricsAsConfigured(noMetricsTarget, 0, 0, 1000, 64); err != nil {
+		t.Errorf("metrics off, nothing counted: %v", err)
+	}
+	if err := metricsAsConfigured(noMetricsTarget, 0, 3, 1000, 64); err == nil {
+		t.Error("metrics off, yet requests counted: accepted")
+	}
+	for _, c := range []struct {
+		after float64
+		ok    bool
+	}{{1000, true}, {1000 - 64, true}, {1000 - 65, false}, {1000 + 128, true}, {1000 + 129, false}, {0, false}} {
+		if err := metricsAsConfigured("flowgate", 50, 50+c.after, 1000, 64); (err == nil) != c.ok {
+			t.Errorf("metrics on, %v counted for 1000: %v", c.after, err)
+		}
+	}
+	if !comparesMetrics("flowgate") || !comparesMetrics(noMetricsTarget) || comparesMetrics(quotaTarget) || comparesMetrics("nginx") {
+		t.Error("comparesMetrics")
+	}
+}

@@ -12,9 +12,10 @@
 //   - JSON throughput: wrk, keep-alive, fixed connections, a small
 //     prediction POST; requests/s, p50 and p99 latency, CPU per request;
 //     also flowgate answering the same input from its cache (every
-//     request after the first a hit, checked), and flowgate with a quota
+//     request after the first a hit, checked), flowgate with a quota
 //     on the flow, in the process and in Redis (every request admitted
-//     and, with Redis, one admit script per request, checked);
+//     and, with Redis, one admit script per request, checked), and
+//     flowgate with its request-path metrics off (the metrics' cost);
 //   - moderate load: fixed rates (30% of the slowest proxy's throughput, and
 //     30% of nginx's) from an open-loop client; latency added over direct;
 //   - streaming: fakeflow stamps each token frame with its write time, the
@@ -92,6 +93,7 @@ func run() int {
 	flag.StringVar(&only, "only", "json,rate,stream,memory", "scenarios: json, rate, stream, memory")
 	flag.StringVar(&targets, "targets", strings.Join(allTargets, ","), "targets: direct, nginx, caddy, flowgate, flowgate-cache (a second flowgate serving cache hits; JSON scenario only), "+
 		"flowgate-quota and flowgate-quota-redis (flowgate with a quota that never refuses, counted in the process or in a redis-server the harness starts; JSON scenario only), "+
+		"flowgate-nometrics (flowgate with metrics: {enabled: false}, for the metrics' cost; JSON and stream scenarios only), "+
 		"and httputil (a bare httputil.ReverseProxy, for reference)")
 	flag.IntVar(&o.rate, "rate", 0, "requests/s of the moderate-load scenario (0: 30% of the slowest proxy's and 30% of nginx's measured throughput)")
 	flag.DurationVar(&o.rateDur, "rate-duration", 5*time.Second, "moderate-load duration per target per round")
@@ -214,7 +216,7 @@ func bench(o options) error {
 	var ts []*target
 	if needTargets {
 		for _, k := range o.targets {
-			if jsonOnly(k) && !o.only["json"] {
+			if !measuredInAny(k, o.only) {
 				continue
 			}
 			t, err := e.startTarget(k, "")
@@ -230,21 +232,24 @@ func bench(o options) error {
 			return err
 		}
 	}
-	// The cache-hit target answers the JSON scenario's repeated input;
-	// the other scenarios are about proxying.
-	var proxied []*target
-	for _, t := range ts {
-		if !jsonOnly(t.name) {
-			proxied = append(proxied, t)
+	// The cache-hit and quota targets answer the JSON scenario only; the
+	// other scenarios are about proxying (see measuredIn).
+	in := func(scenario string) []*target {
+		var out []*target
+		for _, t := range ts {
+			if measuredIn(t.name, scenario) {
+				out = append(out, t)
+			}
 		}
+		return out
 	}
-	if o.only["rate"] && len(proxied) > 0 {
+	if rated := in("rate"); o.only["rate"] && len(rated) > 0 {
 		for _, rate := range moderateRates(o, rep.JSON) {
-			rep.Rate = append(rep.Rate, rateScenario(proxied, rate.rps, rate.why, o))
+			rep.Rate = append(rep.Rate, rateScenario(rated, rate.rps, rate.why, o))
 		}
 	}
-	if o.only["stream"] && len(proxied) > 0 {
-		rep.Stream = streamScenario(proxied, o)
+	if streamed := in("stream"); o.only["stream"] && len(streamed) > 0 {
+		rep.Stream = streamScenario(streamed, o)
 	}
 	for _, t := range ts {
 		if t.p != nil {
@@ -431,7 +436,7 @@ func moderateRates(o options, js map[string]*jsonAgg) []rateChoice {
 	round := func(f float64) int { return int(math.Max(100, math.Round(f/100)*100)) }
 	slowest, slowName := math.Inf(1), ""
 	for name, a := range js {
-		if name != "direct" && !jsonOnly(name) && a.RPS.Med < slowest {
+		if name != "direct" && measuredIn(name, "rate") && a.RPS.Med < slowest {
 			slowest, slowName = a.RPS.Med, name
 		}
 	}

@@ -11,6 +11,7 @@ var targetLabel = map[string]string{
 	"nginx":          "nginx",
 	"caddy":          "Caddy",
 	"flowgate":       "flowgate (metrics + access log + metering on; quotas off; cache off)",
+	noMetricsTarget:  "flowgate, metrics off (access log + metering on; quotas off; cache off)",
 	cacheTarget:      "flowgate serving cache hits",
 	quotaTarget:      "flowgate, quota on (counted in the process)",
 	quotaRedisTarget: "flowgate, quota on (counted in Redis)",
@@ -78,6 +79,9 @@ func (rep *report) render(o options) string {
 		}
 		if rep.JSON[quotaTarget] != nil || rep.JSON[quotaRedisTarget] != nil {
 			b.WriteString(rep.renderQuota())
+		}
+		if rep.JSON["flowgate"] != nil && rep.JSON[noMetricsTarget] != nil {
+			b.WriteString(rep.renderMetricsCost())
 		}
 	}
 
@@ -224,10 +228,7 @@ func (rep *report) renderQuota() string {
 		over, rcpu, admits, tx := "–", "–", "–", "–"
 		if name != "flowgate" && off != nil {
 			if d := pairedCPU(a, off); len(d) > 0 {
-				over = fmtSpreadUS1(spreadOf(d), len(d))
-				if !strings.HasPrefix(over, "-") {
-					over = "+" + over
-				}
+				over = signed(fmtSpreadUS1(spreadOf(d), len(d)))
 			}
 		}
 		if name == quotaRedisTarget {
@@ -264,19 +265,116 @@ func (rep *report) renderQuota() string {
 
 // pairedCPU is a's CPU per request minus base's, round by round.
 func pairedCPU(a, base *jsonAgg) []float64 {
+	return paired(a, base, func(r jsonRound) float64 { return float64(r.CPUus) }, func(x, y float64) float64 { return x - y })
+}
+
+// pairedRPS is a's throughput over base's, round by round.
+func pairedRPS(a, base *jsonAgg) []float64 {
+	return paired(a, base, func(r jsonRound) float64 { return r.RPS }, func(x, y float64) float64 { return x / y })
+}
+
+// paired applies op to a's value and base's of each round both measured
+// (values NaN or, for a ratio, a zero base left out).
+func paired(a, base *jsonAgg, val func(jsonRound) float64, op func(x, y float64) float64) []float64 {
 	byRound := map[int]float64{}
 	for _, r := range base.Rounds {
-		if !math.IsNaN(float64(r.CPUus)) {
-			byRound[r.Round] = float64(r.CPUus)
+		if v := val(r); !math.IsNaN(v) {
+			byRound[r.Round] = v
 		}
 	}
 	var out []float64
 	for _, r := range a.Rounds {
-		if v, ok := byRound[r.Round]; ok && !math.IsNaN(float64(r.CPUus)) {
-			out = append(out, float64(r.CPUus)-v)
+		if v, ok := byRound[r.Round]; ok && !math.IsNaN(val(r)) {
+			if d := op(val(r), v); !math.IsNaN(d) && !math.IsInf(d, 0) {
+				out = append(out, d)
+			}
 		}
 	}
 	return out
+}
+
+// metricsLossLimit is issue 10's acceptance: metrics on may cost at most
+// 3 % of flowgate's JSON throughput against metrics off.
+const metricsLossLimit = 0.03
+
+// renderMetricsCost compares flowgate with its metrics on and off
+// (noMetricsTarget), measured in the same rounds: throughput as a ratio
+// and CPU per request as a difference, each paired by round.
+func (rep *report) renderMetricsCost() string {
+	on, off := rep.JSON["flowgate"], rep.JSON[noMetricsTarget]
+	var b strings.Builder
+	b.WriteString("\n### Metrics cost\n\n")
+	rs, ds := pairedRPS(on, off), pairedCPU(on, off)
+	r, d, n := spreadOf(rs), spreadOf(ds), len(rs)
+	if n == 0 {
+		b.WriteString("metrics cost: not measured (no round has both flowgate and " + noMetricsTarget + ")\n")
+		return b.String()
+	}
+	verdict := "within"
+	if 1-r.Med > metricsLossLimit {
+		verdict = "over"
+	}
+	fmt.Fprintf(&b, "metrics cost: flowgate's JSON throughput is **%.3f ×** %s's (%s; ratio of the medians %.3f), "+
+		"a throughput loss of %s, %s issue 10's limit of %.0f %%; proxy CPU per request %s with metrics on.\n\n",
+		r.Med, noMetricsTarget, fmtRange(r, n, "%.3f", "min–max over %d paired rounds"), on.RPS.Med/off.RPS.Med,
+		fmtLoss(r, n), verdict, metricsLossLimit*100, signed(fmtSpreadUS1(d, len(ds))))
+	t := &table{head: []string{"", "metrics on (flowgate)", "metrics off (" + noMetricsTarget + ")", "on vs off, paired by round"}}
+	t.add("req/s", fmtSpreadInt(on.RPS, len(on.Rounds)), fmtSpreadInt(off.RPS, len(off.Rounds)), fmtRatioSpread(r, n)+" ×")
+	t.add("proxy CPU/req", fmtSpreadUS1(on.CPU, len(on.Rounds)), fmtSpreadUS1(off.CPU, len(off.Rounds)), signed(fmtSpreadUS1(d, len(ds))))
+	p99 := spreadOf(paired(on, off, func(r jsonRound) float64 { return r.Wrk.P99 }, func(x, y float64) float64 { return x / y }))
+	t.add("p99", fmtSpreadUS(on.P99, len(on.Rounds)), fmtSpreadUS(off.P99, len(off.Rounds)), fmtRatioSpread(p99, n)+" ×")
+	b.WriteString(t.String())
+	b.WriteString("\n\"metrics off\" is flowgate configured as the plain one plus `metrics: {enabled: false}` (no request-path metric recorded; " +
+		"access log and metering on as in the plain one), measured in the same rounds in rotating order. The paired column is, in each round, " +
+		"metrics on's value over (CPU: minus) metrics off's in the same round, median over rounds (min–max); the loss is 1 − that ratio.")
+	counted := func(a *jsonAgg) (c, reqs float64, ok bool) {
+		for _, r := range a.Rounds {
+			if r.Counted != nil {
+				c, reqs, ok = c+*r.Counted, reqs+float64(r.Wrk.Requests), true
+			}
+		}
+		return
+	}
+	if c, reqs, ok := counted(on); ok {
+		cOff, reqsOff, _ := counted(off)
+		fmt.Fprintf(&b, " Checked in every round: flowgate's `%s` counted %s requests for %s completed by wrk (over the rounds); "+
+			"%s's counted %s for %s.", requestsMetric, fmtInt(c), fmtInt(reqs), noMetricsTarget, fmtInt(cOff), fmtInt(reqsOff))
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+// fmtRatioSpread: "0.973 (0.950–0.990)".
+func fmtRatioSpread(s spread, rounds int) string {
+	if rounds <= 1 {
+		return fmt.Sprintf("%.3f", s.Med)
+	}
+	return fmt.Sprintf("%.3f (%.3f–%.3f)", s.Med, s.Min, s.Max)
+}
+
+// fmtRange: the min–max of a spread in words, or "one round".
+func fmtRange(s spread, rounds int, verb, words string) string {
+	if rounds <= 1 {
+		return "one round"
+	}
+	return fmt.Sprintf(verb+"–"+verb+", "+words, s.Min, s.Max, rounds)
+}
+
+// fmtLoss writes 1 − a throughput ratio as a percentage: "2.7 % (1.0 to
+// 5.0 %)"; negative when metrics on was the faster.
+func fmtLoss(r spread, rounds int) string {
+	if rounds <= 1 {
+		return fmt.Sprintf("%.1f %%", 100*(1-r.Med))
+	}
+	return fmt.Sprintf("%.1f %% (%.1f to %.1f %% over rounds)", 100*(1-r.Med), 100*(1-r.Max), 100*(1-r.Min))
+}
+
+// signed puts a + before a difference that has no sign.
+func signed(s string) string {
+	if s == "–" || strings.HasPrefix(s, "-") {
+		return s
+	}
+	return "+" + s
 }
 
 // fmtUS1 is fmtUS with one decimal under 100 µs: quota costs are a few µs.

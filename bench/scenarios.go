@@ -40,6 +40,10 @@ type jsonRound struct {
 	// per request.
 	Redis      *redisDelta `json:",omitempty"`
 	RedisCPUus f64         `json:",omitempty"`
+	// Counted is what flowgate_requests_total counted during the
+	// measured run, for flowgate (metrics on) and flowgate-nometrics
+	// (off: 0); nil for the other targets.
+	Counted *float64 `json:",omitempty"`
 }
 
 type jsonAgg struct {
@@ -91,12 +95,25 @@ func jsonScenario(e *env, ts []*target, o options) (map[string]*jsonAgg, error) 
 					}
 				}
 			}
+			var n0 float64
+			if comparesMetrics(t.name) {
+				var err error
+				if n0, err = readRequestsCounted(t.metricsURL); err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+			}
 			var cpu0 time.Duration
 			if t.p != nil {
 				cpu0 = t.p.cpuTime()
 			}
 			up0 := e.up.cpuTime()
 			w, err := runWrk(ctx, e.dir, t.url, o.threads, o.conns, o.duration)
+			// CPU read before the checks below scrape the target.
+			var cpu1 time.Duration
+			if t.p != nil {
+				cpu1 = t.p.cpuTime()
+			}
+			up1 := e.up.cpuTime()
 			if err != nil {
 				logf("%s round %d: %v", t.name, r+1, err)
 				continue
@@ -133,11 +150,22 @@ func jsonScenario(e *env, ts []*target, o options) (map[string]*jsonAgg, error) 
 					}
 				}
 			}
+			if comparesMetrics(t.name) {
+				n1, err := readRequestsCounted(t.metricsURL)
+				if err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+				if err := metricsAsConfigured(t.name, n0, n1, w.Requests, int64(o.conns)); err != nil {
+					return nil, fmt.Errorf("%s round %d: %w", t.name, r+1, err)
+				}
+				d := n1 - n0
+				jr.Counted = &d
+			}
 			if w.Requests > 0 {
 				if t.p != nil {
-					jr.CPUus = f64(us(t.p.cpuTime()-cpu0) / float64(w.Requests))
+					jr.CPUus = f64(us(cpu1-cpu0) / float64(w.Requests))
 				}
-				jr.UpCPUus = us(e.up.cpuTime()-up0) / float64(w.Requests)
+				jr.UpCPUus = us(up1-up0) / float64(w.Requests)
 				if jr.Redis != nil {
 					jr.RedisCPUus = f64(jr.Redis.CPUus / float64(w.Requests))
 				}
@@ -276,7 +304,7 @@ func memoryScenario(e *env, o options) map[string]*memAgg {
 	logf("memory: RSS holding %d open streams, minus idle RSS, per stream", o.memStreams)
 	out := map[string]*memAgg{}
 	for _, kind := range o.targets {
-		if kind == "direct" || jsonOnly(kind) {
+		if kind == "direct" || !measuredIn(kind, "memory") {
 			continue
 		}
 		ma := &memAgg{Streams: o.memStreams}

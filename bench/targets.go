@@ -10,7 +10,7 @@ import (
 
 // A target is one way to reach fakeflow: directly, or through a proxy.
 type target struct {
-	name string // direct, nginx, caddy, flowgate, flowgate-cache, flowgate-quota, flowgate-quota-redis, httputil
+	name string // direct, nginx, caddy, flowgate, flowgate-nometrics, flowgate-cache, flowgate-quota, flowgate-quota-redis, httputil
 	url  string // http://127.0.0.1:port
 	p    *proc  // the proxy process; nil for direct (then up is measured)
 	// metricsURL is flowgate's /metrics ("" for the others): the
@@ -39,9 +39,44 @@ const (
 	quotaRedisTarget = "flowgate-quota-redis"
 )
 
+// noMetricsTarget is flowgate configured as the plain target plus
+// `metrics: {enabled: false}`: no request-path metric is recorded (the
+// gateway runs with a nil *metrics.Metrics; /metrics still serves the
+// process and Go collectors). Beside plain flowgate, in the same rounds,
+// it gives what the metrics cost (issue 10). It takes part in the JSON and
+// streaming scenarios, not in the moderate-load and memory ones: the cost
+// is CPU per request, which the JSON scenario measures, and per frame.
+const noMetricsTarget = "flowgate-nometrics"
+
 // jsonOnly reports whether a target is measured in the JSON scenario only.
 func jsonOnly(name string) bool {
 	return name == cacheTarget || name == quotaTarget || name == quotaRedisTarget
+}
+
+// measuredIn reports whether a target takes part in a scenario (json,
+// rate, stream, memory).
+func measuredIn(name, scenario string) bool {
+	switch scenario {
+	case "json":
+		return true
+	case "stream":
+		return !jsonOnly(name)
+	case "rate", "memory":
+		return !jsonOnly(name) && name != noMetricsTarget
+	}
+	return false
+}
+
+// measuredInAny reports whether a target takes part in the JSON,
+// moderate-load or streaming scenario of a run (o.only), so whether it is
+// started for them (the memory scenario starts its own).
+func measuredInAny(name string, only map[string]bool) bool {
+	for sc, on := range only {
+		if on && sc != "memory" && measuredIn(name, sc) {
+			return true
+		}
+	}
+	return false
 }
 
 // isQuota reports whether a target is one of the quota targets.
@@ -80,10 +115,10 @@ func (e *env) flowgateEnvFor(dir string) []string {
 	return append([]string{"FLOWGATE_METERING_STORE_DIR=" + filepath.Join(dir, "state")}, e.flowgateEnv...)
 }
 
-var allTargets = []string{"direct", "nginx", "caddy", "flowgate", cacheTarget, quotaTarget, quotaRedisTarget}
+var allTargets = []string{"direct", "nginx", "caddy", "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget}
 
 // knownTargets are the rows a table may have, in order.
-var knownTargets = []string{"direct", "nginx", "caddy", "flowgate", cacheTarget, quotaTarget, quotaRedisTarget, "httputil"}
+var knownTargets = []string{"direct", "nginx", "caddy", "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget, "httputil"}
 
 // startTarget starts a fresh proxy of the given kind in front of e.upAddr.
 // tag keeps file names apart when one kind is started more than once.
@@ -119,7 +154,7 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		p, err = startProc(kind, "caddy", []string{"run", "--config", conf, "--adapter", "caddyfile"},
 			[]string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir},
 			filepath.Join(dir, "caddy.log"), false)
-	case "flowgate", cacheTarget, quotaTarget, quotaRedisTarget:
+	case "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget:
 		conf := filepath.Join(dir, "flowgate.yaml")
 		mport, err := freePort()
 		if err != nil {
@@ -127,6 +162,8 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		}
 		text := flowgateConf(port, mport, e.upURL, e.flowgateAccessLog)
 		switch kind {
+		case noMetricsTarget:
+			text += flowgateNoMetricsSection()
 		case cacheTarget:
 			text += flowgateCacheSection(flowID)
 		case quotaTarget:
@@ -308,6 +345,13 @@ log:
   level: info
   access_log: %v
 `, port, metricsPort, upURL, accessLog)
+}
+
+// flowgateNoMetricsSection turns the request path's metrics off; the rest
+// stays as flowgateConf has it (metrics_listen included: /healthz, /readyz
+// and the process collectors are still served).
+func flowgateNoMetricsSection() string {
+	return "metrics:\n  enabled: false\n"
 }
 
 // flowgateCacheSection turns the cache on for one workflow, memory only
