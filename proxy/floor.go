@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// Floor is the measuring stick under the gateway (issue 12): net/http's
+// server and flowgate's own upstream client with nothing else, no header
+// rewriting, stream check, metrics, log or balancer. What flowgate costs
+// beyond it is flowgate's; what it costs itself is net/http's and the
+// client's. It is for benchmarks only: it forwards to one upstream
+// without any of the gateway's limits.
+func Floor(upstream *url.URL) http.Handler {
+	f := &floor{up: upstream, client: newUpstreamClient(5*time.Second, 256, 4*time.Second, nil)}
+	f.bufs.New = func() any { b := make([]byte, 32<<10); return &b }
+	return f
+}
+
+type floor struct {
+	up     *url.URL
+	client *upstreamClient
+	bufs   sync.Pool
+}
+
+// hopHeaders are not forwarded, as RFC 9110 says of connection-specific
+// fields; the floor still speaks correct HTTP.
+var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func (f *floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	out.URL.Scheme, out.URL.Host = f.up.Scheme, f.up.Host
+	out.Host = r.Host
+	for _, h := range hopHeaders {
+		out.Header.Del(h)
+	}
+	if r.ContentLength == 0 {
+		out.Body = nil
+	}
+	res, err := f.client.RoundTrip(out)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer res.Body.Close()
+	h := w.Header()
+	for k, v := range res.Header {
+		h[k] = v
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+	w.WriteHeader(res.StatusCode)
+	bp := f.bufs.Get().(*[]byte)
+	defer f.bufs.Put(bp)
+	var fl http.Flusher
+	if isEventStream(res.Header) {
+		fl, _ = w.(http.Flusher) // frame by frame, as through the gateway
+	}
+	for {
+		n, err := res.Body.Read(*bp)
+		if n > 0 {
+			if _, werr := w.Write((*bp)[:n]); werr != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			panic(http.ErrAbortHandler) // the client must not take a cut answer for whole
+		}
+	}
+}
