@@ -50,19 +50,8 @@ func TestMetricsPassPromtool(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	up, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { up.Close() })
-	cfg := filepath.Join(t.TempDir(), "flowgate.yaml")
-	y := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: 127.0.0.1:0\n  admin_listen: \"\"\nupstreams:\n  - url: " + up.URL() + "\n" +
-		"cache:\n  workflows:\n    \"11111111-0000-4000-8000-000000000001\": {enabled: true}\n" +
-		"quota:\n  workflows:\n    \"11111111-0000-4000-8000-000000000002\":\n      budgets: [{window: 24h, executions: 1}]\n"
-	if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := testbin.Start(t, testbin.Build(t), nil, "-config", cfg)
+	p := startWithFakeflow(t, "cache:\n  workflows:\n    \"11111111-0000-4000-8000-000000000001\": {enabled: true}\n"+
+		"quota:\n  workflows:\n    \"11111111-0000-4000-8000-000000000002\":\n      budgets: [{window: 24h, executions: 1}]\n")
 	for _, r := range []struct{ id, body, mode string }{
 		{"11111111-0000-4000-8000-000000000001", `{"question":"hi"}`, ""},
 		{"11111111-0000-4000-8000-000000000001", `{"question":"hi"}`, ""}, // a hit
@@ -122,18 +111,7 @@ func TestMetricsDisabled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	up, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { up.Close() })
-	cfg := filepath.Join(t.TempDir(), "flowgate.yaml")
-	y := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: 127.0.0.1:0\n  admin_listen: \"\"\nupstreams:\n  - url: " + up.URL() + "\n" +
-		"metrics:\n  enabled: false\n"
-	if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := testbin.Start(t, testbin.Build(t), nil, "-config", cfg)
+	p := startWithFakeflow(t, "metrics:\n  enabled: false\n")
 	res, err := http.Post("http://"+p.Listen+"/api/v1/prediction/11111111-0000-4000-8000-000000000001", "application/json", strings.NewReader(`{"question":"hi"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -164,4 +142,21 @@ func TestMetricsDisabled(t *testing.T) {
 	if code, _ := get("/healthz"); code != 200 {
 		t.Errorf("/healthz: %d", code)
 	}
+}
+
+// startWithFakeflow runs the binary on loopback ports in front of a fresh
+// fakeflow, with extra appended to its config.
+func startWithFakeflow(t *testing.T, extra string) *testbin.Proc {
+	t.Helper()
+	up, err := fakeflow.Start("127.0.0.1:0", fakeflow.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	cfg := filepath.Join(t.TempDir(), "flowgate.yaml")
+	y := "server:\n  listen: 127.0.0.1:0\n  metrics_listen: 127.0.0.1:0\n  admin_listen: \"\"\nupstreams:\n  - url: " + up.URL() + "\n" + extra
+	if err := os.WriteFile(cfg, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return testbin.Start(t, testbin.Build(t), nil, "-config", cfg)
 }
