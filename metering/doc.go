@@ -15,9 +15,13 @@
 // counts as reported.
 //
 // Classic chatflows report nothing anywhere, so their usage is estimated
-// with OpenAI's BPE tokenizer (tiktoken-go, encodings embedded, nothing
-// downloaded): the request's question, history and form in, the answer's
-// text out. The estimate is exact for OpenAI models and close for others.
+// with OpenAI's BPE vocabularies (o200k_base, cl100k_base; the files
+// tiktoken-go-loader embeds, nothing downloaded): the request's question,
+// history and form in, the answer's text out. The counting is our own
+// (pretok.go splits as tiktoken's patterns do, bpecount.go counts merges,
+// without allocating) and equals tiktoken-go's count, which the tests and
+// a fuzz target check piece by piece. The estimate is exact for OpenAI
+// models and close for others.
 //
 // # Cost
 //

@@ -8,7 +8,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	tiktoken "github.com/pkoukk/tiktoken-go"
 	tiktoken_loader "github.com/pkoukk/tiktoken-go-loader"
 )
 
@@ -16,7 +15,9 @@ import (
 // encodings read from tiktoken-go-loader's embedded copies (it embeds
 // cl100k_base, o200k_base, p50k_base and r50k_base), so nothing is
 // downloaded at run time. They are exact for OpenAI models and a fair
-// estimate for others, whose tokenizers are not public or not in Go.
+// estimate for others, whose tokenizers are not public or not in Go. The
+// counting itself is ours (bpecount.go): it gives tiktoken-go's counts
+// without its regexp2 pre-tokenizer.
 
 // bytesPerToken turns byte counts into tokens where no text was kept to
 // tokenize (a JSON answer too large to buffer, or a Budget that refused):
@@ -28,27 +29,22 @@ const bytesPerToken = 4
 const maxTokens = 1_000_000_000_000
 
 var (
-	setLoader = sync.OnceFunc(func() {
-		// tiktoken-go keeps its loader in a package variable: set it once,
-		// before our first GetEncoding (no other package of ours uses it).
-		tiktoken.SetBpeLoader(tiktoken_loader.NewOfflineLoader())
-	})
-	// Each encoding is loaded on first use, once: they cost memory (about
-	// 25 MB for o200k_base, 11 MB for cl100k_base) and 70-300 ms each, and a
-	// deployment of agentflows may never need one.
-	o200k  = sync.OnceValue(func() *tiktoken.Tiktoken { return loadEncoding("o200k_base") })
-	cl100k = sync.OnceValue(func() *tiktoken.Tiktoken { return loadEncoding("cl100k_base") })
+	// Each encoding is loaded on first use, once: its ranks cost memory
+	// (about 9 MB of heap for o200k_base, 4 MB for cl100k_base) and
+	// 90-200 ms, and a deployment of agentflows may never need one.
+	o200k  = sync.OnceValue(func() *bpeEncoding { return loadEncoding("o200k_base", o200kPiece) })
+	cl100k = sync.OnceValue(func() *bpeEncoding { return loadEncoding("cl100k_base", cl100kPiece) })
 )
 
-// loadEncoding returns the encoding, or nil if it cannot be loaded (then
-// estimates fall back to bytesPerToken).
-func loadEncoding(name string) *tiktoken.Tiktoken {
-	setLoader()
-	enc, err := tiktoken.GetEncoding(name)
-	if err != nil {
+// loadEncoding returns the encoding, with the ranks tiktoken-go's
+// GetEncoding would load through the offline loader, or nil if they
+// cannot be loaded (then estimates fall back to bytesPerToken).
+func loadEncoding(name string, piece func([]byte, int) int) *bpeEncoding {
+	ranks, err := tiktoken_loader.NewOfflineLoader().LoadTiktokenBpe(name + ".tiktoken")
+	if err != nil || len(ranks) == 0 {
 		return nil
 	}
-	return enc
+	return &bpeEncoding{ranks: ranks, piece: piece}
 }
 
 // encodingFor returns the encoding of a model: o200k_base for OpenAI's
@@ -57,7 +53,7 @@ func loadEncoding(name string) *tiktoken.Tiktoken {
 // Were o200k_base missing from the offline loader (it is in v0.0.2),
 // cl100k_base would stand in for it: the nearest encoding, within a few
 // percent on English text.
-func encodingFor(model string) *tiktoken.Tiktoken {
+func encodingFor(model string) *bpeEncoding {
 	if usesO200k(model) {
 		if enc := o200k(); enc != nil {
 			return enc
@@ -81,9 +77,10 @@ func usesO200k(model string) bool {
 	return false
 }
 
-// Tokenizing is done in segments, for two reasons. tiktoken-go's memory is
-// several times the text it is given (runes, match indexes), so a segment
-// is at most tokenChunk bytes. And its byte-pair merge is quadratic in the
+// Tokenizing is done in segments, for two reasons. A segment is at most
+// tokenChunk bytes (a bound from tiktoken-go, whose memory was several
+// times its text; bpeEncoding.count allocates only a copy of a segment
+// holding invalid UTF-8). And the byte-pair merge is quadratic in the
 // length of one pre-tokenized piece (70 KB of "xxx…" takes 1.6 s), so a
 // hostile answer of one endless word would cost seconds of CPU: a run of
 // maxRun bytes without a clean cut is cut anyway.
@@ -104,14 +101,14 @@ const (
 // space) is cut elsewhere, at a character boundary, which may add a token
 // per cut: under 2% even for CJK text, where 256 bytes are 60 or more
 // tokens.
-func countTokens(enc *tiktoken.Tiktoken, text []byte) int64 {
+func countTokens(enc *bpeEncoding, text []byte) int64 {
 	if enc == nil {
 		return int64(len(text)+bytesPerToken-1) / bytesPerToken
 	}
 	var n int64
 	count := func(seg []byte) {
 		if len(seg) > 0 {
-			n += int64(len(enc.EncodeOrdinary(string(seg))))
+			n += int64(enc.count(seg))
 		}
 	}
 	start, clean := 0, 0 // the segment's start; the last clean cut in it
