@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"math"
 	"os"
@@ -483,5 +485,217 @@ func TestMetricsAsConfigured(t *testing.T) {
 	}
 	if !comparesMetrics("flowgate") || !comparesMetrics(noMetricsTarget) || comparesMetrics(quotaTarget) || comparesMetrics("nginx") {
 		t.Error("comparesMetrics")
+	}
+}
+
+// Issue 12: the floor target, the TLS targets, the sweeps and the verdicts.
+
+func TestFloorTarget(t *testing.T) {
+	if !slices.Contains(allTargets, floorTarget) || !slices.Contains(knownTargets, floorTarget) || targetLabel[floorTarget] == "" {
+		t.Error("floor: in the default targets, with a row and a label")
+	}
+	for _, sc := range []string{"json", "rate", "stream", "memory"} {
+		if !measuredIn(floorTarget, sc) {
+			t.Errorf("floor not measured in %s", sc)
+		}
+	}
+	if serveFloor([]string{"-upstream", "::bad"}) != 2 {
+		t.Error("serve-floor accepted a bad upstream")
+	}
+}
+
+func TestTLSTargets(t *testing.T) {
+	got := withTLSTargets([]string{"direct", "nginx", "flowgate", nginxTLSTarget}, true)
+	if want := []string{"direct", "nginx", "flowgate", nginxTLSTarget, flowgateTLSTarget}; !slices.Equal(got, want) {
+		t.Errorf("with TLS: %v, want %v", got, want)
+	}
+	if got := withTLSTargets([]string{"nginx", flowgateTLSTarget}, false); !slices.Equal(got, []string{"nginx"}) {
+		t.Errorf("without TLS: %v", got)
+	}
+	if got := withTLSTargets([]string{"flowgate"}, true); !slices.Equal(got, []string{"flowgate", flowgateTLSTarget}) {
+		t.Errorf("flowgate alone: %v", got)
+	}
+	for _, k := range []string{nginxTLSTarget, flowgateTLSTarget} {
+		if !jsonOnly(k) || !isTLS(k) || !slices.Contains(knownTargets, k) || targetLabel[k] == "" || measuredIn(k, "memory") {
+			t.Errorf("%s: JSON scenario only, with a row and a label", k)
+		}
+	}
+}
+
+func TestSelfSignedCert(t *testing.T) {
+	c, k, err := selfSignedCert(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf.PublicKeyAlgorithm != x509.ECDSA || leaf.VerifyHostname("127.0.0.1") != nil || leaf.VerifyHostname("localhost") != nil {
+		t.Errorf("certificate: %v, hosts %v %v", leaf.PublicKeyAlgorithm, leaf.IPAddresses, leaf.DNSNames)
+	}
+}
+
+func TestTLSConfigs(t *testing.T) {
+	dir := t.TempDir()
+	e := &env{dir: dir}
+	if err := e.ensureCert(); err != nil {
+		t.Fatal(err)
+	}
+	first := e.certFile
+	if err := e.ensureCert(); err != nil || e.certFile != first {
+		t.Error("a second certificate in one run")
+	}
+	n := nginxTLSConf(nginxConf(dir, 18443, "127.0.0.1:3000"), 18443, e.certFile, e.keyFile)
+	for _, want := range []string{"listen 127.0.0.1:18443 ssl;", "ssl_certificate " + e.certFile + ";", "ssl_protocols TLSv1.2 TLSv1.3;",
+		"ECDHE-ECDSA-AES128-GCM-SHA256", "CHACHA20-POLY1305", "keepalive 256;", "access_log " + dir + "/access.log main;"} {
+		if !strings.Contains(n, want) {
+			t.Errorf("TLS nginx.conf lacks %q", want)
+		}
+	}
+	if strings.Contains(n, "listen 127.0.0.1:18443;") {
+		t.Error("TLS nginx.conf still listens in plain HTTP")
+	}
+	if bin, err := exec.LookPath("nginx"); err == nil {
+		if _, err := os.Stat("/etc/nginx/mime.types"); err == nil {
+			conf := filepath.Join(dir, "nginx.conf")
+			if err := os.WriteFile(conf, []byte(n), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if out, err := exec.Command(bin, "-t", "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")).CombinedOutput(); err != nil {
+				t.Errorf("nginx -t: %v\n%s", err, out)
+			}
+		}
+	}
+	text := flowgateConf(18080, 18090, "http://127.0.0.1:3000", true) + flowgateTLSSection(18443, e.certFile, e.keyFile)
+	c, err := config.Parse([]byte(text), filepath.Join(dir, "flowgate.yaml"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	if c.TLS.Mode != "files" || c.TLS.Listen != "127.0.0.1:18443" || c.TLS.RedirectHTTP == nil || *c.TLS.RedirectHTTP ||
+		c.TLS.CertFile != e.certFile || c.TLS.KeyFile != e.keyFile {
+		t.Errorf("tls %+v", c.TLS)
+	}
+}
+
+func TestNginxHoldsTenThousandStreams(t *testing.T) {
+	n := nginxConf("/tmp/x", 18080, "127.0.0.1:3000")
+	// Two connections per stream (client and upstream), all of them
+	// possibly on one worker.
+	for _, want := range []string{"worker_connections 65536;", "worker_rlimit_nofile 200000;"} {
+		if !strings.Contains(n, want) {
+			t.Errorf("nginx.conf lacks %q", want)
+		}
+	}
+}
+
+func TestLists(t *testing.T) {
+	if got := intList(" 16,64, x,0,1024"); !slices.Equal(got, []int{16, 64, 1024}) {
+		t.Errorf("intList %v", got)
+	}
+	if got := strList("a, ,b"); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("strList %v", got)
+	}
+}
+
+// i12Report is a run in which every target of issue 12 is met but the
+// TLS one.
+func i12Report() *report {
+	agg := func(rps, p99, cpu float64) *jsonAgg {
+		return &jsonAgg{Rounds: []jsonRound{{Round: 1}}, RPS: spread{rps, rps, rps}, P99: spread{p99, p99, p99}, CPU: spread{cpu, cpu, cpu}}
+	}
+	rate := func(p50, p99, a50, a99 float64) []rateRound {
+		return []rateRound{{Round: 1, P50: p50, P99: p99, AddedP50: f64(a50), AddedP99: f64(a99)}}
+	}
+	stream := func(ttft, a99 float64) *streamAgg {
+		return &streamAgg{Rounds: []streamRound{{Round: 1, TTFTP50: ttft, AddedP99: f64(a99), DelayP99: 2000}}}
+	}
+	return &report{
+		JSON: map[string]*jsonAgg{
+			"nginx": agg(40000, 4000, 20), "flowgate": agg(38000, 4200, 30), floorTarget: agg(42000, 3000, 15),
+			quotaTarget: agg(37000, 4500, 33), cacheTarget: agg(130000, 1000, 10),
+			nginxTLSTarget: agg(30000, 5000, 28), flowgateTLSTarget: agg(27000, 6000, 40),
+		},
+		Rate: []*rateAgg{{Rate: 12000, Why: "30% of nginx's throughput", Targets: map[string][]rateRound{
+			"nginx": rate(300, 900, 100, 400), "flowgate": rate(310, 950, 110, 450)}}},
+		Stream: map[string]*streamAgg{"nginx": stream(1000, 300), "flowgate": stream(1100, 800)},
+		Memory: map[string]*memAgg{"flowgate": {Streams: 2000, Opened: 2000, PerStreamKiB: 20}},
+		Sweep: &sweepOut{Streams: map[string][]*memAgg{"flowgate": {
+			{Streams: 100, Opened: 100, HeldKiB: 30 << 10},
+			{Streams: 10000, Opened: 10000, IdleKiB: 20 << 10, HeldKiB: 250 << 10, PerStreamKiB: 23}}}},
+	}
+}
+
+func TestIssue12Verdicts(t *testing.T) {
+	rep := i12Report()
+	vs := rep.issue12()
+	if len(vs) != 11 {
+		t.Fatalf("%d verdicts", len(vs))
+	}
+	for _, v := range vs {
+		want := !strings.HasPrefix(v.goal, "TLS")
+		if !v.measured || v.met != want {
+			t.Errorf("%q: measured %v met %v (%s)", v.goal, v.measured, v.met, v.result)
+		}
+	}
+	// Off by a little: not met.
+	rep.JSON[quotaTarget].RPS.Med = 35000
+	rep.Sweep.Streams["flowgate"][1].HeldKiB = 351 << 10
+	vs = rep.issue12()
+	if vs[0].met || vs[8].met || !strings.Contains(vs[8].result, "HTTP/1.1: 10,000 open streams, flowgate RSS **351.0 MiB**") {
+		t.Errorf("%+v\n%+v", vs[0], vs[8])
+	}
+	// HTTP/1.1 short of 10,000 (the open-files limit), HTTP/2 holding them.
+	rep.Sweep.Streams["flowgate"][1].Opened = 9990
+	rep.Sweep.Streams["flowgate"][1].HeldKiB = 300 << 10
+	rep.Sweep.Streams[flowgateH2Target] = []*memAgg{{Streams: 10000, Opened: 10000, HeldKiB: 340 << 10}}
+	if v := rep.issue12()[8]; !v.met || !strings.Contains(v.result, "HTTP/2 over TLS: 10,000 open streams, flowgate RSS **340.0 MiB**") {
+		t.Errorf("HTTP/2: %+v", v)
+	}
+	rep.Sweep.Streams[flowgateH2Target][0].Opened = 9999
+	if v := rep.issue12()[8]; v.met {
+		t.Errorf("9,999 streams held counted as 10,000: %+v", v)
+	}
+	rep.Sweep.Streams["flowgate"][1].HeldKiB = 351 << 10
+	rep.Sweep.Streams["flowgate"][1].Opened = 10000
+	delete(rep.Sweep.Streams, flowgateH2Target)
+	// Not measured: an empty run.
+	for _, v := range (&report{}).issue12() {
+		if v.measured {
+			t.Errorf("%q measured in an empty run", v.goal)
+		}
+	}
+	text := rep.renderIssue12(options{threads: 2, sweepConns: []int{16}, sweepStreams: []int{100, 10000}})
+	for _, want := range []string{"of flowgate's CPU per request is above the floor", "| TLS | 30,000 | 27,000 | 0.90 |",
+		"10,000 open streams: flowgate RSS 351.0 MiB", "| flowgate | 30.0 MiB"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("render lacks %q:\n%s", want, text)
+		}
+	}
+}
+
+func TestCharts(t *testing.T) {
+	dir := t.TempDir()
+	s := &sweepOut{
+		JSON: map[string][]sweepPoint{
+			"nginx":    {{Conns: 16, RPS: 30000, P99: 900}, {Conns: 1024, RPS: 35000, P99: 60000}},
+			"flowgate": {{Conns: 16, RPS: 20000, P99: 1200}, {Conns: 1024, RPS: 21000, P99: 90000}},
+		},
+		Streams: map[string][]*memAgg{"flowgate": {{Streams: 100, HeldKiB: 30 << 10}, {Streams: 10000, HeldKiB: 200 << 10}}},
+	}
+	if err := drawCharts(&env{dir: dir}, s, options{charts: filepath.Join(dir, "docs")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Join(dir, "charts"), filepath.Join(dir, "docs")} {
+		for _, f := range chartFiles {
+			b, err := os.ReadFile(filepath.Join(d, f))
+			if err != nil || !strings.HasPrefix(string(b), "\x89PNG") {
+				t.Errorf("%s/%s: %v", d, f, err)
+			}
+		}
 	}
 }

@@ -1,9 +1,10 @@
 // Command bench measures flowgate against nginx and Caddy in front of the
 // same fakeflow upstream, on this machine, in one run:
 //
-//	go run ./bench            # full run, about 7 minutes
+//	go run ./bench            # full run, about 10 minutes
 //	go run ./bench -quick     # smoke run: 1 round of 3 s, 500 held streams
 //	go run ./bench -profile   # also CPU, allocation and per-stream heap profiles of flowgate
+//	go run ./bench -sweep     # also the sweeps and their charts in docs/bench/, about 5 minutes more
 //
 // It installs wrk, nginx and caddy from Debian's packages when they are
 // missing (as root), builds flowgate and fakeflow, starts fakeflow with no
@@ -20,7 +21,16 @@
 //     30% of nginx's) from an open-loop client; latency added over direct;
 //   - streaming: fakeflow stamps each token frame with its write time, the
 //     client notes when it read it: added delay per frame, time to first token;
-//   - memory: RSS of each proxy holding 2,000 open streams, minus idle, per stream.
+//   - memory: RSS of each proxy holding 2,000 open streams, minus idle, per stream;
+//   - the floor (target "floor", issue 12): net/http's server and flowgate's
+//     own upstream client with nothing else (proxy.Floor, served by this
+//     program's subcommand serve-floor), in every scenario;
+//   - TLS (-tls, on by default): nginx and flowgate terminating TLS with one
+//     self-signed ECDSA certificate made for the run, in the JSON scenario;
+//   - sweeps (-sweep): JSON throughput and p99 at 16, 64, 256 and 1,024
+//     connections, RSS holding 100, 1,000 and 10,000 open streams, drawn
+//     with gonum/plot into docs/bench/*.png; then issue 12's targets, each
+//     judged met or not on the run's figures.
 //
 // Everything listens on 127.0.0.1 only. Every process started is ended on
 // success, error and Ctrl-C. Configs, logs, raw results and profiles stay in
@@ -70,6 +80,16 @@ type options struct {
 	flowgateBin       string
 	flowgateEnv       []string
 	flowgateAccessLog bool
+	// Issue 12: TLS on both sides (nginx-tls, flowgate-tls in the JSON
+	// scenario), and the sweeps with their charts.
+	tls            bool
+	sweep          bool
+	sweepDuration  time.Duration
+	sweepConns     []int
+	sweepStreams   []int
+	sweepTargets   []string
+	sweepMemTarget []string
+	charts         string
 }
 
 func main() {
@@ -77,6 +97,10 @@ func main() {
 		switch os.Args[1] {
 		case "serve-plain":
 			os.Exit(servePlain(os.Args[2:]))
+		case "serve-floor":
+			os.Exit(serveFloor(os.Args[2:]))
+		case "charts":
+			os.Exit(redrawCharts(os.Args[2:]))
 		}
 	}
 	os.Exit(run())
@@ -110,7 +134,18 @@ func run() int {
 	flag.StringVar(&o.flowgateBin, "flowgate", "", "benchmark this flowgate binary instead of building ./cmd/flowgate (for experiments)")
 	flag.StringVar(&fgEnv, "flowgate-env", "", "extra environment for flowgate, comma-separated (e.g. GOGC=400)")
 	flag.BoolVar(&o.flowgateAccessLog, "flowgate-access-log", true, "flowgate's access log (off only for experiments)")
+	flag.BoolVar(&o.tls, "tls", true, "also measure JSON throughput with TLS on both sides (targets nginx-tls and flowgate-tls, one self-signed ECDSA certificate per run)")
+	flag.BoolVar(&o.sweep, "sweep", false, "also sweep connections (JSON throughput, p99) and open streams (RSS), and draw the charts")
+	flag.DurationVar(&o.sweepDuration, "sweep-duration", 5*time.Second, "wrk duration per target per point of the connections sweep")
+	var sweepConns, sweepStreams, sweepTargets, sweepMem string
+	flag.StringVar(&sweepConns, "sweep-conns", "16,64,256,1024", "connections of the sweep")
+	flag.StringVar(&sweepStreams, "sweep-streams", "100,1000,10000", "open streams of the sweep")
+	flag.StringVar(&sweepTargets, "sweep-targets", "direct,nginx,floor,flowgate,"+quotaTarget, "targets of the connections sweep (those measured in the run)")
+	flag.StringVar(&sweepMem, "sweep-mem-targets", "nginx,floor,flowgate,"+flowgateH2Target, "targets of the open-streams sweep ("+flowgateH2Target+": flowgate-tls holding them as HTTP/2 streams)")
+	flag.StringVar(&o.charts, "charts", "docs/bench", "directory (relative to the module root) for the sweep's PNG charts; empty: the -out directory only")
 	flag.Parse()
+	o.sweepConns, o.sweepStreams = intList(sweepConns), intList(sweepStreams)
+	o.sweepTargets, o.sweepMemTarget = strList(sweepTargets), strList(sweepMem)
 	for _, kv := range strings.Split(fgEnv, ",") {
 		if kv = strings.TrimSpace(kv); kv != "" {
 			o.flowgateEnv = append(o.flowgateEnv, kv)
@@ -135,6 +170,10 @@ func run() int {
 		if s = strings.TrimSpace(s); s != "" {
 			o.targets = append(o.targets, s)
 		}
+	}
+	o.targets = withTLSTargets(o.targets, o.tls)
+	if o.quick {
+		o.sweepDuration = 2 * time.Second
 	}
 
 	sig := make(chan os.Signal, 1)
@@ -251,6 +290,18 @@ func bench(o options) error {
 	if streamed := in("stream"); o.only["stream"] && len(streamed) > 0 {
 		rep.Stream = streamScenario(streamed, o)
 	}
+	if o.sweep {
+		rep.Sweep = &sweepOut{}
+		var swept []*target
+		for _, k := range o.sweepTargets {
+			for _, t := range ts {
+				if t.name == k {
+					swept = append(swept, t)
+				}
+			}
+		}
+		rep.Sweep.JSON = connsSweep(e, swept, o)
+	}
 	for _, t := range ts {
 		if t.p != nil {
 			t.p.stop()
@@ -259,6 +310,12 @@ func bench(o options) error {
 	e.stopRedis()
 	if o.only["memory"] {
 		rep.Memory = memoryScenario(e, o)
+	}
+	if o.sweep {
+		rep.Sweep.Streams = streamsSweep(e, o)
+		if err := drawCharts(e, rep.Sweep, o); err != nil {
+			logf("charts: %v", err)
+		}
 	}
 	if o.profile {
 		prof, err := profileScenario(e, o)
@@ -379,14 +436,54 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
-// raiseNoFile lifts the open-files limit to its hard maximum: the memory
-// scenario holds thousands of connections, and children inherit the limit.
+// wantNoFile is the open-files limit the sweep needs: 10,000 held streams
+// are 10,000 client connections here, and 20,000 in the proxy (client and
+// upstream side).
+const wantNoFile = 200_000
+
+// raiseNoFile lifts the open-files limit: to wantNoFile where the process
+// may raise the hard limit (root), else to the hard maximum. Children (the
+// proxies, fakeflow, wrk) inherit it.
 func raiseNoFile() {
 	var rl syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil && rl.Cur < rl.Max {
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) != nil {
+		return
+	}
+	if rl.Max < wantNoFile {
+		up := syscall.Rlimit{Cur: wantNoFile, Max: wantNoFile}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &up) == nil {
+			logf("open-files limit raised to %d", wantNoFile)
+			return
+		}
+	}
+	if rl.Cur < rl.Max {
 		rl.Cur = rl.Max
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
 	}
+	if rl.Max < wantNoFile {
+		logf("open-files limit %d, and it cannot be raised here: a proxy process holds at most about %d streams over HTTP/1.1 (2 descriptors each)", rl.Max, rl.Max/2-16)
+	}
+}
+
+func intList(s string) []int {
+	var out []int
+	for _, f := range strList(s) {
+		var n int
+		if _, err := fmt.Sscan(f, &n); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func strList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 type machine struct {

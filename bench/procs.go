@@ -199,7 +199,8 @@ func freePort() (int, error) {
 
 // waitReady polls a prediction through url until it answers 200.
 func waitReady(p *proc, url string, limit time.Duration) error {
-	c := &http.Client{Timeout: time.Second}
+	c := benchClient(time.Second)
+	defer c.CloseIdleConnections()
 	deadline := time.Now().Add(limit)
 	var last error
 	for time.Now().Before(deadline) {

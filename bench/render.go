@@ -7,15 +7,19 @@ import (
 )
 
 var targetLabel = map[string]string{
-	"direct":         "direct to fakeflow (the ceiling)",
-	"nginx":          "nginx",
-	"caddy":          "Caddy",
-	"flowgate":       "flowgate (metrics + access log + metering on; quotas off; cache off)",
-	noMetricsTarget:  "flowgate, metrics off (access log + metering on; quotas off; cache off)",
-	cacheTarget:      "flowgate serving cache hits",
-	quotaTarget:      "flowgate, quota on (counted in the process)",
-	quotaRedisTarget: "flowgate, quota on (counted in Redis)",
-	"httputil":       "bare httputil.ReverseProxy (reference floor for a Go proxy)",
+	"direct":          "direct to fakeflow (the ceiling)",
+	"nginx":           "nginx",
+	"caddy":           "Caddy",
+	"flowgate":        "flowgate (metrics + access log + metering on; quotas off; cache off)",
+	noMetricsTarget:   "flowgate, metrics off (access log + metering on; quotas off; cache off)",
+	cacheTarget:       "flowgate serving cache hits",
+	quotaTarget:       "flowgate, quota on (counted in the process)",
+	quotaRedisTarget:  "flowgate, quota on (counted in Redis)",
+	"httputil":        "bare httputil.ReverseProxy (reference floor for a Go proxy)",
+	floorTarget:       "floor: net/http server + flowgate's upstream client, nothing else",
+	nginxTLSTarget:    "nginx, TLS",
+	flowgateTLSTarget: "flowgate, TLS (metrics + access log + metering on)",
+	flowgateH2Target:  "flowgate, TLS, streams over HTTP/2",
 }
 
 func (rep *report) render(o options) string {
@@ -179,6 +183,8 @@ func (rep *report) render(o options) string {
 		}
 		b.WriteString(t.String())
 	}
+
+	b.WriteString(rep.renderIssue12(o))
 
 	if p := rep.Profile; p != nil {
 		fmt.Fprintf(&b, "\n### Profile of flowgate under wrk load (%s req/s while profiled)\n\n", fmtInt(p.RPS))

@@ -22,6 +22,7 @@ type report struct {
 	Stream  map[string]*streamAgg `json:",omitempty"`
 	Memory  map[string]*memAgg    `json:",omitempty"`
 	Profile *profileOut           `json:",omitempty"`
+	Sweep   *sweepOut             `json:",omitempty"`
 }
 
 // ---- JSON throughput ------------------------------------------------------
@@ -307,41 +308,58 @@ func memoryScenario(e *env, o options) map[string]*memAgg {
 		if kind == "direct" || !measuredIn(kind, "memory") {
 			continue
 		}
-		ma := &memAgg{Streams: o.memStreams}
-		out[kind] = ma
-		t, err := e.startTarget(kind, "-mem")
-		if err != nil {
-			ma.Error = err.Error()
-			logf("  %s: %v", kind, err)
-			continue
-		}
-		// Warm the paths a stream takes, then let the process settle.
-		_ = runStreams(t.url, 10, 1, 5, 0)
-		_, _ = runRate(t.url, 200, time.Second, 4)
-		time.Sleep(time.Second)
-		ma.IdleKiB = t.p.rssKiB()
-		closeAll, opened, err := holdStreams(t.url, o.memStreams, time.Minute)
-		ma.Opened = opened
-		if err != nil {
-			ma.Error = err.Error()
-		}
-		time.Sleep(2 * time.Second)
-		for i := 0; i < 3; i++ {
-			if v := t.p.rssKiB(); v > ma.HeldKiB {
-				ma.HeldKiB = v
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-		closeAll()
-		if opened > 0 {
-			ma.PerStreamKiB = float64(ma.HeldKiB-ma.IdleKiB) / float64(opened)
-		}
-		logf("  %-8s idle %d KiB, holding %d streams %d KiB: %.1f KiB/stream %s",
-			kind, ma.IdleKiB, opened, ma.HeldKiB, ma.PerStreamKiB, ma.Error)
-		t.p.stop()
-		time.Sleep(time.Second) // let fakeflow notice the closed streams
+		out[kind] = memoryRun(e, kind, o.memStreams, "-mem")
 	}
 	return out
+}
+
+// memoryRun starts a fresh proxy of a kind, measures its idle RSS, holds n
+// open streams through it and measures again, then stops it.
+func memoryRun(e *env, kind string, n int, tag string) *memAgg {
+	ma := &memAgg{Streams: n}
+	hold, start := holdStreams, kind
+	if kind == flowgateH2Target {
+		hold, start = holdStreamsH2, flowgateTLSTarget
+	}
+	t, err := e.startTarget(start, tag)
+	if err != nil {
+		ma.Error = err.Error()
+		logf("  %s: %v", kind, err)
+		return ma
+	}
+	// Warm the paths a stream takes, then let the process settle.
+	if kind == flowgateH2Target {
+		closeWarm, _, _ := holdStreamsH2(t.url, 10, 0)
+		time.Sleep(200 * time.Millisecond)
+		closeWarm()
+	} else {
+		_ = runStreams(t.url, 10, 1, 5, 0)
+		_, _ = runRate(t.url, 200, time.Second, 4)
+	}
+	time.Sleep(time.Second)
+	ma.IdleKiB = t.p.rssKiB()
+	closeAll, opened, err := hold(t.url, n, time.Minute)
+	ma.Opened = opened
+	if err != nil {
+		ma.Error = err.Error()
+	}
+	time.Sleep(2 * time.Second)
+	for i := 0; i < 3; i++ {
+		if v := t.p.rssKiB(); v > ma.HeldKiB {
+			ma.HeldKiB = v
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	closeAll()
+	if opened > 0 {
+		ma.PerStreamKiB = float64(ma.HeldKiB-ma.IdleKiB) / float64(opened)
+	}
+	logf("  %-8s idle %d KiB, holding %d of %d streams %d KiB: %.1f KiB/stream %s",
+		kind, ma.IdleKiB, opened, n, ma.HeldKiB, ma.PerStreamKiB, ma.Error)
+	t.p.stop()
+	// Let fakeflow notice the closed streams (more time for more of them).
+	time.Sleep(time.Second + time.Duration(n/5000)*time.Second)
+	return ma
 }
 
 // ---- profile ---------------------------------------------------------------

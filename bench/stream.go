@@ -170,7 +170,7 @@ func holdStreams(url string, n int, tokenDelay time.Duration) (close func(), ope
 				return
 			}
 			conns[i] = c
-			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 			if _, err := c.Write(req); err != nil {
 				errs[i] = err
 				return

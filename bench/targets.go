@@ -50,7 +50,7 @@ const noMetricsTarget = "flowgate-nometrics"
 
 // jsonOnly reports whether a target is measured in the JSON scenario only.
 func jsonOnly(name string) bool {
-	return name == cacheTarget || name == quotaTarget || name == quotaRedisTarget
+	return name == cacheTarget || name == quotaTarget || name == quotaRedisTarget || isTLS(name)
 }
 
 // measuredIn reports whether a target takes part in a scenario (json,
@@ -105,6 +105,10 @@ type env struct {
 	// redis is the redis-server of quotaRedisTarget, started with the
 	// first such target and stopped with the last.
 	redis *redisServer
+
+	// cert and key of the TLS targets: one self-signed ECDSA pair per
+	// run, made with the first TLS target (see ensureCert).
+	certFile, keyFile string
 }
 
 // flowgateEnvFor is the environment of a flowgate whose files are in dir:
@@ -115,10 +119,10 @@ func (e *env) flowgateEnvFor(dir string) []string {
 	return append([]string{"FLOWGATE_METERING_STORE_DIR=" + filepath.Join(dir, "state")}, e.flowgateEnv...)
 }
 
-var allTargets = []string{"direct", "nginx", "caddy", "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget}
+var allTargets = []string{"direct", "nginx", "caddy", floorTarget, "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget}
 
 // knownTargets are the rows a table may have, in order.
-var knownTargets = []string{"direct", "nginx", "caddy", "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget, "httputil"}
+var knownTargets = []string{"direct", "nginx", "caddy", floorTarget, "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget, "httputil", nginxTLSTarget, flowgateTLSTarget, flowgateH2Target}
 
 // startTarget starts a fresh proxy of the given kind in front of e.upAddr.
 // tag keeps file names apart when one kind is started more than once.
@@ -139,9 +143,17 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 	var metricsURL string
 	var rs *redisServer
 	switch kind {
-	case "nginx":
+	case "nginx", nginxTLSTarget:
 		conf := filepath.Join(dir, "nginx.conf")
-		if err := os.WriteFile(conf, []byte(nginxConf(dir, port, e.upAddr)), 0o644); err != nil {
+		text := nginxConf(dir, port, e.upAddr)
+		if kind == nginxTLSTarget {
+			if err := e.ensureCert(); err != nil {
+				return nil, err
+			}
+			text = nginxTLSConf(text, port, e.certFile, e.keyFile)
+			url = fmt.Sprintf("https://127.0.0.1:%d", port)
+		}
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return nil, err
 		}
 		p, err = startProc(kind, "nginx", []string{"-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log")}, nil,
@@ -154,7 +166,7 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		p, err = startProc(kind, "caddy", []string{"run", "--config", conf, "--adapter", "caddyfile"},
 			[]string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir},
 			filepath.Join(dir, "caddy.log"), false)
-	case "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget:
+	case "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget, flowgateTLSTarget:
 		conf := filepath.Join(dir, "flowgate.yaml")
 		mport, err := freePort()
 		if err != nil {
@@ -162,6 +174,16 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		}
 		text := flowgateConf(port, mport, e.upURL, e.flowgateAccessLog)
 		switch kind {
+		case flowgateTLSTarget:
+			if err := e.ensureCert(); err != nil {
+				return nil, err
+			}
+			tport, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			text += flowgateTLSSection(tport, e.certFile, e.keyFile)
+			url = fmt.Sprintf("https://127.0.0.1:%d", tport)
 		case noMetricsTarget:
 			text += flowgateNoMetricsSection()
 		case cacheTarget:
@@ -181,6 +203,9 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		// stdout carries the JSON access log: it goes to a file on disk,
 		// like nginx's and Caddy's.
 		p, err = startProc(kind, e.flowgate, []string{"-config", conf}, e.flowgateEnvFor(dir), filepath.Join(dir, "access.log"), false)
+	case floorTarget:
+		p, err = startProc(kind, e.self, []string{"serve-floor", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-upstream", e.upURL},
+			nil, filepath.Join(dir, "stdout.log"), false)
 	case "httputil":
 		p, err = startProc(kind, e.self, []string{"serve-plain", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-upstream", e.upURL},
 			nil, filepath.Join(dir, "stdout.log"), false)
@@ -211,12 +236,13 @@ func nginxConf(dir string, port int, upAddr string) string {
 	}
 	return strings.NewReplacer("{DIR}", dir, "{PORT}", fmt.Sprint(port), "{UP}", upAddr, "{USER}", user).Replace(`{USER}
 worker_processes auto;
+worker_rlimit_nofile 200000;
 daemon off;
 pid {DIR}/nginx.pid;
 error_log {DIR}/error.log warn;
 
 events {
-    worker_connections 16384;
+    worker_connections 65536;
 }
 
 http {
