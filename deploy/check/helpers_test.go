@@ -628,27 +628,10 @@ func mountedConfigMap(t *testing.T, where string, r *rendered, pod *corev1.PodSp
 	return nil, ""
 }
 
+// mountedFromSecret reports whether a Secret volume holds file.
 func mountedFromSecret(pod *corev1.PodSpec, c *corev1.Container, file string) bool {
-	for _, m := range c.VolumeMounts {
-		rel, err := filepath.Rel(m.MountPath, file)
-		if err != nil || strings.HasPrefix(rel, "..") || rel == "." {
-			continue
-		}
-		for _, v := range pod.Volumes {
-			if v.Name != m.Name || v.Secret == nil {
-				continue
-			}
-			if len(v.Secret.Items) == 0 {
-				return true
-			}
-			for _, it := range v.Secret.Items {
-				if it.Path == rel {
-					return true
-				}
-			}
-		}
-	}
-	return false
+	_, _, ok := secretForFile(pod, c, file)
+	return ok
 }
 
 // checkPodWiring asserts the generic things kubectl apply would only find
