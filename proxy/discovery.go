@@ -52,15 +52,15 @@ const lookupTimeout = 5 * time.Second
 // requests; those under way finish) and leave the set. A failed or empty
 // answer keeps the last good set: a DNS outage must not empty the pool.
 func (g *Gateway) resolve(ctx context.Context, d *discovery) {
-	ctx, cancel := context.WithTimeout(ctx, min(d.cfg.Refresh.D(), lookupTimeout))
-	addrs, err := g.resolver.LookupIPAddr(ctx, d.cfg.DNS)
+	lctx, cancel := context.WithTimeout(ctx, min(d.cfg.Refresh.D(), lookupTimeout))
+	addrs, err := g.resolver.LookupIPAddr(lctx, d.cfg.DNS)
 	cancel()
 	if err == nil && len(addrs) == 0 {
 		err = errNoRecords
 	}
 	if err != nil {
-		if ctx.Err() != nil && g.ctx != nil && g.ctx.Err() != nil {
-			return // shutting down
+		if ctx.Err() != nil {
+			return // shutting down: a cancelled lookup says nothing of DNS
 		}
 		g.metrics.DNSError(d.name)
 		g.setMu.Lock()
