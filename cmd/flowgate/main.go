@@ -331,6 +331,28 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		servers = append(servers, adminSrv)
 	}
 
+	// Signals are taken before anything serves: a SIGTERM that arrives as
+	// soon as the listeners answer must drain, not kill.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
+	// SIGHUP's default would kill the process mid-stream; nginx habits
+	// (reload hooks, logrotate) send it. Nothing needs reloading: files
+	// mode re-reads changed certificates by itself, and a config change
+	// takes a restart, which drains.
+	hup, served := make(chan os.Signal, 1), make(chan struct{})
+	signal.Notify(hup, syscall.SIGHUP)
+	defer func() { signal.Stop(hup); close(served) }()
+	go func() {
+		for {
+			select {
+			case <-hup:
+				log.Warn("SIGHUP ignored: flowgate does not reload its config (restart it to apply a change; certificate files are re-read when they change)")
+			case <-served:
+				return
+			}
+		}
+	}()
 	// Bind every listener before serving any, so a taken port fails the
 	// start instead of leaving a half-up gateway.
 	lns := make([]net.Listener, len(servers))
@@ -378,26 +400,6 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 		printDemo(lns[0].Addr().String())
 	}
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sig)
-	// SIGHUP's default would kill the process mid-stream; nginx habits
-	// (reload hooks, logrotate) send it. Nothing needs reloading: files
-	// mode re-reads changed certificates by itself, and a config change
-	// takes a restart, which drains.
-	hup, served := make(chan os.Signal, 1), make(chan struct{})
-	signal.Notify(hup, syscall.SIGHUP)
-	defer func() { signal.Stop(hup); close(served) }()
-	go func() {
-		for {
-			select {
-			case <-hup:
-				log.Warn("SIGHUP ignored: flowgate does not reload its config (restart it to apply a change; certificate files are re-read when they change)")
-			case <-served:
-				return
-			}
-		}
-	}()
 	select {
 	case err := <-errc:
 		return err
