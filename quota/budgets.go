@@ -11,8 +11,10 @@ import (
 // Per-caller budgets are not kept: their counts are per caller, and one
 // caller's share says nothing of the workflow's.
 
-// maxBudgetViews bounds the workflows kept; the default policy applies to
-// any id a client sends.
+// maxBudgetViews bounds the workflows kept under the default policy,
+// which applies to any id a client sends. Workflows a policy names are
+// always kept (their number is bounded by the policies), so a flood of
+// invented ids cannot hide a real workflow's budget.
 const maxBudgetViews = 1000
 
 type budgetView struct {
@@ -26,8 +28,9 @@ type budgetView struct {
 }
 
 type budgetViews struct {
-	mu sync.Mutex
-	m  map[string]*budgetView
+	mu       sync.Mutex
+	m        map[string]*budgetView
+	unlisted int // entries of workflows under the default policy
 }
 
 func (v *budgetViews) observe(workflow string, p *Policy, o outcome) {
@@ -41,8 +44,11 @@ func (v *budgetViews) observe(workflow string, p *Policy, o outcome) {
 		if v.m == nil {
 			v.m = map[string]*budgetView{}
 		}
-		if len(v.m) >= maxBudgetViews {
-			return
+		if !p.listed {
+			if v.unlisted >= maxBudgetViews {
+				return
+			}
+			v.unlisted++
 		}
 		bv = &budgetView{}
 		v.m[workflow] = bv

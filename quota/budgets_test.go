@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -59,4 +60,25 @@ func TestBudgetUsage(t *testing.T) {
 			t.Fatalf("in the next window: %v", got)
 		}
 	})
+}
+
+// Ids sprayed under a default budget fill their share of the view, never a
+// named workflow's.
+func TestBudgetUsageFloodKeepsNamedWorkflows(t *testing.T) {
+	r := newRig(t, "memory")
+	const named = "named-flow"
+	cfg := limited(named, config.QuotaPolicy{Budgets: []config.Budget{execBudget(10, time.Hour)}})
+	cfg.Default = config.QuotaPolicy{Budgets: []config.Budget{execBudget(5, time.Hour)}}
+	e := r.enforcer(cfg)
+	for i := range maxBudgetViews + 50 {
+		admit(t, e, "invented-"+strconv.Itoa(i), "")
+	}
+	admit(t, e, named, "")
+	got := budgetRatios(e)
+	if got[named+" 1h executions"] != 0.1 {
+		t.Fatalf("named workflow after a flood: %v", got[named+" 1h executions"])
+	}
+	if n := len(got); n != maxBudgetViews+1 {
+		t.Fatalf("%d workflows reported, want %d", n, maxBudgetViews+1)
+	}
 }
