@@ -17,9 +17,10 @@ type Usage struct {
 	redisErrors *prometheus.CounterVec
 	ledgerErrs  prometheus.Counter
 
-	mu    sync.Mutex
-	seen  map[string]struct{}
-	limit int
+	mu       sync.Mutex
+	seen     map[string]struct{}
+	limit    int
+	reserved int // ids the config names: kept, and not counted in limit
 }
 
 // DefaultMaxWorkflows bounds the workflow_id label (metrics.max_workflows
@@ -72,7 +73,7 @@ func (u *Usage) workflow(id string) string {
 	if _, ok := u.seen[id]; ok {
 		return id
 	}
-	if len(u.seen) >= u.limit {
+	if len(u.seen)-u.reserved >= u.limit {
 		return "other"
 	}
 	u.seen[id] = struct{}{}
@@ -135,5 +136,23 @@ func (c budgetCollector) Collect(ch chan<- prometheus.Metric) {
 func (m *Metrics) QuotaBudgets(src BudgetSource) {
 	if m != nil {
 		m.reg.MustRegister(budgetCollector{src: src, u: m.usage})
+	}
+}
+
+// ReserveWorkflows gives the workflows the config names their own label
+// values up front, outside max_workflows: a client spraying invented ids
+// before they run cannot push them under "other".
+func (m *Metrics) ReserveWorkflows(ids []string) {
+	if m == nil {
+		return
+	}
+	u := m.usage
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := u.seen[id]; !ok && id != "other" {
+			u.seen[id] = struct{}{}
+			u.reserved++
+		}
 	}
 }

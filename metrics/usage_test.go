@@ -36,3 +36,21 @@ func TestUsageWorkflowLabelIsBounded(t *testing.T) {
 		t.Errorf("%d token series, want 1", n)
 	}
 }
+
+// Workflows the config names keep their label whatever was sprayed
+// before them, and do not use up max_workflows.
+func TestReservedWorkflowsKeepTheirLabel(t *testing.T) {
+	m := NewWith(prometheus.NewRegistry(), Options{MaxWorkflows: 2})
+	m.ReserveWorkflows([]string{"named", "named"})
+	for i := range 10 {
+		m.QuotaRejection("sprayed-"+strconv.Itoa(i), "quota_exceeded")
+	}
+	m.QuotaRejection("named", "quota_exceeded")
+	u := m.usage
+	if got := testutil.ToFloat64(u.rejections.WithLabelValues("named", "quota_exceeded")); got != 1 {
+		t.Errorf("named = %v, want its own series", got)
+	}
+	if got := testutil.ToFloat64(u.rejections.WithLabelValues("other", "quota_exceeded")); got != 8 {
+		t.Errorf("other = %v, want 8 (2 sprayed ids kept their labels)", got)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/flowgate/flowgate/certstore"
 	"github.com/flowgate/flowgate/config"
 	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/flowgate/flowgate/flow"
 	"github.com/flowgate/flowgate/ledger"
 	"github.com/flowgate/flowgate/metering"
 	"github.com/flowgate/flowgate/metrics"
@@ -210,6 +211,14 @@ func serve(cfg config.Config, log *zap.Logger, accessLog io.Writer, demo *fakefl
 	var m *metrics.Metrics // nil records nothing
 	if config.Bool(cfg.Metrics.Enabled, true) {
 		m = metrics.NewWith(reg, metrics.Options{MaxWorkflows: cfg.Metrics.MaxWorkflows})
+		var named []string
+		for id := range cfg.Quota.Workflows {
+			named = append(named, flow.CanonicalID(id))
+		}
+		for id := range cfg.Cache.Workflows {
+			named = append(named, flow.CanonicalID(id))
+		}
+		m.ReserveWorkflows(named)
 	}
 	rdb := redisClient(cfg.Redis, log)
 	if rdb != nil {
