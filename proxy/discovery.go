@@ -97,6 +97,7 @@ func (g *Gateway) resolve(ctx context.Context, d *discovery) {
 	}
 	next := make([]*Upstream, 0, len(keys))
 	var added, gone []string
+	var fresh []*Upstream
 	for _, k := range keys {
 		if u := old[k]; u != nil {
 			next = append(next, u)
@@ -106,8 +107,8 @@ func (g *Gateway) resolve(ctx context.Context, d *discovery) {
 		u := newUpstream(d.name+"/"+k, &url.URL{Scheme: d.cfg.Scheme, Host: k})
 		u.ttfb = g.metrics.UpstreamTTFB(u.Name)
 		next = append(next, u)
+		fresh = append(fresh, u)
 		added = append(added, u.Name)
-		g.startProbe(u)
 	}
 	for _, u := range old {
 		u.removed.Store(true)
@@ -121,6 +122,11 @@ func (g *Gateway) resolve(ctx context.Context, d *discovery) {
 		return
 	}
 	g.publishLocked()
+	// Probed once in the set: a first passing probe announces readiness,
+	// which must find the replica there.
+	for _, u := range fresh {
+		g.startProbe(u)
+	}
 	g.log.Info("upstream discovery changed the set", zap.String("dns", d.cfg.DNS),
 		zap.Strings("added", added), zap.Strings("removed", gone), zap.Int("replicas", len(next)))
 	g.notifyHealth()
