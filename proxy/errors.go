@@ -44,7 +44,7 @@ func classify(err error, clientCtx, attemptCtx context.Context) failure {
 	}
 	var ue *upstreamError
 	if !errors.As(err, &ue) {
-		// ReverseProxy refused the client's request itself (an invalid
+		// The gateway refused the client's request itself (an invalid
 		// Upgrade, say): nothing reached an upstream, and no client may
 		// push upstreams out of rotation with such requests.
 		return failure{status: http.StatusBadRequest, code: "bad_request", message: "the request cannot be forwarded"}

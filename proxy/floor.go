@@ -26,10 +26,6 @@ type floor struct {
 	bufs   sync.Pool
 }
 
-// hopHeaders are not forwarded, as RFC 9110 says of connection-specific
-// fields; the floor still speaks correct HTTP.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
-
 func (f *floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out := r.Clone(r.Context())
 	out.RequestURI = ""
@@ -55,13 +51,21 @@ func (f *floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		delete(h, k)
 	}
 	w.WriteHeader(res.StatusCode)
-	bp := f.bufs.Get().(*[]byte)
-	defer f.bufs.Put(bp)
 	var fl http.Flusher
+	pb, _ := res.Body.(*pooledBody)
 	if isEventStream(res.Header) {
 		fl, _ = w.(http.Flusher) // frame by frame, as through the gateway
 	}
+	bp := f.bufs.Get().(*[]byte)
+	defer func() { f.bufs.Put(bp) }()
 	for {
+		if fl != nil && pb != nil {
+			// As the gateway's copyBody: a stream waits for its next
+			// event holding no copy buffer.
+			f.bufs.Put(bp)
+			pb.wait()
+			bp = f.bufs.Get().(*[]byte)
+		}
 		n, err := res.Body.Read(*bp)
 		if n > 0 {
 			if _, werr := w.Write((*bp)[:n]); werr != nil {

@@ -12,7 +12,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"net/url"
 	"strings"
@@ -61,6 +60,7 @@ type Options struct {
 type Gateway struct {
 	cfg     config.Config
 	log     *zap.Logger
+	copyLog *zap.Logger // "reverseproxy": an answer's body that failed part-way
 	access  io.Writer // nil when access logging is off
 	metrics *metrics.Metrics
 
@@ -72,7 +72,7 @@ type Gateway struct {
 	discs    []*discovery
 	resolver Resolver
 	lb       *leastConn
-	rp       *httputil.ReverseProxy
+	client   *upstreamClient
 
 	// Read-only after New: the config digested for the hot path.
 	trustedNets            []netip.Prefix
@@ -127,6 +127,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 	g := &Gateway{
 		cfg:                    cfg,
 		log:                    o.Logger,
+		copyLog:                o.Logger.Named("reverseproxy"),
 		metrics:                o.Metrics,
 		trustedNets:            p.TrustedNets(),
 		staticExt:              map[string]struct{}{},
@@ -225,20 +226,7 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		return nil, fmt.Errorf("proxy: proxy.upstream_tls: %w", err)
 	}
 	g.lb = newLeastConn(nil, o.IntN)
-	// ReverseProxy logs what it could not do (a failed upgrade copy, a
-	// panic it recovered); at warn, so a logger raised to warn keeps it.
-	errLog, err := zap.NewStdLogAt(o.Logger.Named("reverseproxy"), zap.WarnLevel)
-	if err != nil {
-		return nil, err
-	}
-	g.rp = &httputil.ReverseProxy{
-		Rewrite:        g.rewrite,
-		Transport:      newUpstreamClient(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream, p.IdleConnTimeout.D(), g.upstreamTLS),
-		BufferPool:     newBufferPool(),
-		ModifyResponse: g.modifyResponse,
-		ErrorHandler:   g.errorHandler,
-		ErrorLog:       errLog,
-	}
+	g.client = newUpstreamClient(p.DialTimeout.D(), p.MaxIdleConnsPerUpstream, p.IdleConnTimeout.D(), g.upstreamTLS)
 	g.states.New = func() any { return new(reqState) }
 	return g, nil
 }
@@ -267,9 +255,7 @@ func (g *Gateway) Close() {
 	if g.probeClient != nil {
 		g.probeClient.CloseIdleConnections()
 	}
-	if t, ok := g.rp.Transport.(interface{ CloseIdleConnections() }); ok {
-		t.CloseIdleConnections()
-	}
+	g.client.CloseIdleConnections()
 }
 
 // Upstreams returns the upstreams in rotation: the static ones in config
@@ -327,6 +313,12 @@ type reqState struct {
 	attemptCtx context.Context
 	timer      *attemptTimer
 
+	// The outbound request, built on the first attempt (outHdr) and
+	// pointed at each attempt's upstream.
+	outHdr http.Header
+	outReq http.Request
+	outURL url.URL
+
 	cache cacheState
 
 	runStarted bool // a flow run was sent upstream (the seed's executions metric)
@@ -344,10 +336,6 @@ type reqState struct {
 	errCode        string
 	cut            string
 }
-
-type stateKey struct{}
-
-func stateFrom(ctx context.Context) *reqState { return ctx.Value(stateKey{}).(*reqState) }
 
 // rearm pushes the idle deadline out after the upstream sent bytes.
 func (st *reqState) rearm() { st.timer.t.Reset(st.g.idleTimeout) }
@@ -502,72 +490,15 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// forward makes one attempt on st.up. A transport failure leaves st.failed
-// set and nothing written to the client.
-func (g *Gateway) forward(r *http.Request, st *reqState) {
-	up := st.up
-	up.inflight.Add(1)
-	ctx, cancel := context.WithCancelCause(r.Context())
-	st.attemptCtx = ctx
-	d := g.headerTimeout
-	if st.streamReq {
-		d = g.streamHeaderTimeout
-	}
-	at := &attemptTimer{cancel: cancel}
-	at.t = time.AfterFunc(d, at.fire)
-	st.timer = at
-	defer func() {
-		at.t.Stop()
-		cancel(nil)
-		up.inflight.Add(-1)
-	}()
-
-	st.sentAt = time.Now()
-	req := r.WithContext(context.WithValue(ctx, stateKey{}, st))
-	if b := st.body; b != nil {
-		req.Body = b.reader()
-		req.ContentLength = b.n
-		req.GetBody = func() (io.ReadCloser, error) { return b.reader(), nil }
-		req.TransferEncoding = nil
-	}
-	g.rp.ServeHTTP(&st.rw, req)
-}
-
-// rewrite builds the outbound request (ReverseProxy's Rewrite hook).
-func (g *Gateway) rewrite(pr *httputil.ProxyRequest) {
-	st := stateFrom(pr.In.Context())
-	u := st.up.URL
-	if u.Path == "" || u.Path == "/" {
-		pr.Out.URL.Scheme, pr.Out.URL.Host = u.Scheme, u.Host
-	} else {
-		pr.SetURL(u)
-	}
-	if g.preserveHost {
-		pr.Out.Host = pr.In.Host
-	} else {
-		pr.Out.Host = ""
-	}
-	// The body is already complete: waiting for a 100 from the upstream
-	// would only add a round trip.
-	pr.Out.Header.Del("Expect")
-	if st.info.Runs {
-		// A flow's answer is read on its way (stream check, cache,
-		// metering), so it must come plain; the client still gets gzip
-		// from the gateway when it asked.
-		pr.Out.Header.Del("Accept-Encoding")
-	}
-	g.setForwarded(pr, st)
-}
-
-// modifyResponse runs once the upstream's headers arrived.
-func (g *Gateway) modifyResponse(res *http.Response) error {
-	st := stateFrom(res.Request.Context())
+// onResponse runs once the upstream's headers arrived, before they are
+// passed on.
+func (g *Gateway) onResponse(res *http.Response, st *reqState) error {
 	st.up.ttfb.Observe(time.Since(st.sentAt).Seconds())
 	st.upstreamStatus = res.StatusCode
 	h := res.Header
 	// What the gateway adds goes straight into the client's header map,
-	// to which ReverseProxy copies h after this hook: adding to h first
-	// grew two maps past their inline size per response.
+	// to which respond copies h after this hook: adding to h first grew
+	// two maps past their inline size per response.
 	out := st.rw.Header()
 	g.securityHeaders(h, out)
 	delete(h, "X-Request-Id")
@@ -589,7 +520,7 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// An upgraded connection (WebSocket) lives as long as both ends
 		// want, but not idle: the idle timeout holds between bytes in
-		// either direction. ReverseProxy needs a read-write body.
+		// either direction. upgrade needs a read-write body.
 		rwc, ok := res.Body.(io.ReadWriteCloser)
 		if !ok {
 			return errors.New("upstream's 101 answer has no connection to upgrade")
@@ -648,25 +579,6 @@ func (g *Gateway) shouldCompress(res *http.Response) bool {
 		}
 	}
 	return false
-}
-
-// errorHandler records a failed attempt; ServeHTTP decides whether to retry
-// or answer, since nothing has been written to the client yet.
-func (g *Gateway) errorHandler(_ http.ResponseWriter, r *http.Request, err error) {
-	st := stateFrom(r.Context())
-	st.failed = true
-	st.fail = classify(err, st.clientCtx, r.Context())
-	switch {
-	case st.fail.status == StatusClientClosed:
-	case st.fail.penalize:
-		g.passiveFailure(st.up, st.fail.code)
-	default:
-		g.metrics.UpstreamFailure(st.up.Name, st.fail.code)
-	}
-	if st.fail.status != StatusClientClosed {
-		g.log.Debug("upstream attempt failed", zap.String("upstream", st.up.Name),
-			zap.String("request_id", st.id), zap.String("code", st.fail.code), zap.Error(err))
-	}
 }
 
 // finish runs last, also while an aborted response unwinds: log, measure,

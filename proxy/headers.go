@@ -3,7 +3,6 @@ package proxy
 import (
 	"math/rand/v2"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"path"
 	"strings"
@@ -53,10 +52,9 @@ func (g *Gateway) realClient(xff string, peer netip.Addr) netip.Addr {
 
 // setForwarded writes the headers nginx's seed config set for the upstream
 // (X-Forwarded-For, X-Real-IP, X-Forwarded-Proto, X-Forwarded-Host) and drops
-// what an untrusted client must not be able to claim. Rewrite hands us an
-// outbound request whose X-Forwarded-* are already removed.
-func (g *Gateway) setForwarded(pr *httputil.ProxyRequest, st *reqState) {
-	in, out := pr.In, pr.Out
+// what an untrusted client must not be able to claim. out is the outbound
+// header, the client's X-Forwarded-* and Forwarded already removed.
+func (g *Gateway) setForwarded(in *http.Request, out http.Header, st *reqState) {
 	peer := st.peer
 	peerS := peer.String()
 	proto := "http"
@@ -68,40 +66,40 @@ func (g *Gateway) setForwarded(pr *httputil.ProxyRequest, st *reqState) {
 		if prior := in.Header.Values("X-Forwarded-For"); len(prior) > 0 {
 			chain := strings.Join(prior, ", ")
 			client = g.realClient(chain, peer)
-			out.Header.Set("X-Forwarded-For", chain+", "+peerS)
+			out.Set("X-Forwarded-For", chain+", "+peerS)
 		} else {
-			out.Header.Set("X-Forwarded-For", peerS)
+			out.Set("X-Forwarded-For", peerS)
 		}
 		if p := in.Header.Get("X-Forwarded-Proto"); p != "" {
 			proto = p
 		}
 		if h := in.Header.Get("X-Forwarded-Host"); h != "" {
-			out.Header.Set("X-Forwarded-Host", h)
+			out.Set("X-Forwarded-Host", h)
 		} else {
-			out.Header.Set("X-Forwarded-Host", in.Host)
+			out.Set("X-Forwarded-Host", in.Host)
 		}
-		out.Header.Set("X-Real-Ip", client.String())
+		out.Set("X-Real-Ip", client.String())
 		if fwd := in.Header.Values("Forwarded"); len(fwd) > 0 {
-			out.Header["Forwarded"] = fwd // Rewrite drops it; a trusted hop's is kept
+			out["Forwarded"] = fwd // outHeader drops it; a trusted hop's is kept
 		}
 	} else {
-		out.Header.Set("X-Forwarded-For", peerS)
-		out.Header.Set("X-Forwarded-Host", in.Host)
-		out.Header.Set("X-Real-Ip", peerS)
+		out.Set("X-Forwarded-For", peerS)
+		out.Set("X-Forwarded-Host", in.Host)
+		out.Set("X-Real-Ip", peerS)
 		// Forwarded (RFC 7239) would let a client forge its address past us.
-		out.Header.Del("Forwarded")
+		out.Del("Forwarded")
 	}
 	// Flowise treats "x-request-from: internal" as a call from its own UI.
 	// A trusted proxy may say so when the operator asked for it; any client
 	// may when it also carries Flowise's session cookie (Flowise 3 then
 	// checks the session instead of an API key: that is how its UI calls
 	// the API). Anyone else's is dropped.
-	if _, ok := out.Header["X-Request-From"]; ok &&
+	if _, ok := out["X-Request-From"]; ok &&
 		!(g.passRequestFrom && st.trustedPeer) && !(g.requestFromWithSession && hasSessionCookie(in)) {
-		out.Header.Del("X-Request-From")
+		out.Del("X-Request-From")
 	}
-	out.Header.Set("X-Forwarded-Proto", proto)
-	out.Header.Set("X-Request-Id", st.id)
+	out.Set("X-Forwarded-Proto", proto)
+	out.Set("X-Request-Id", st.id)
 }
 
 type secHeader struct {

@@ -32,7 +32,7 @@ func isEventStream(h http.Header) bool {
 // the upstream cuts a response short it makes sure the client cannot take
 // it for complete: an SSE client gets a Flowise error frame, and every
 // client gets a connection closed without the final chunk (the error
-// returned here makes ReverseProxy abort the handler).
+// returned here makes respond abort the handler).
 //
 // An SSE answer is parsed as it passes (package sse): a Flowise stream is
 // complete only when its last event is the end event, read as JSON, so key

@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
 	"net/url"
 	"strings"
 	"sync"
@@ -17,7 +15,7 @@ import (
 	"time"
 )
 
-// upstreamClient is the RoundTripper under ReverseProxy. It speaks
+// upstreamClient is the gateway's client to its upstreams. It speaks
 // HTTP/1.1 to the flow servers over pooled keep-alive connections, and the
 // request's own goroutine writes the request and reads the answer.
 //
@@ -67,7 +65,7 @@ var errStaleConn = errors.New("pooled upstream connection was closed")
 var errClosedIdle = errors.New("upstream closed the kept-alive connection before answering")
 
 // upstreamError marks what went wrong between flowgate and the upstream,
-// as opposed to errors ReverseProxy raises about the client's request:
+// as opposed to errors about the client's request itself:
 // only these may count against an upstream's health.
 type upstreamError struct{ err error }
 
@@ -77,16 +75,29 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // max1xx bounds informational answers before the real one, as net/http does.
 const max1xx = 5
 
+// informer receives the 1xx answers that come before the real one.
+type informer interface {
+	inform(code int, h http.Header) error
+}
+
+// RoundTrip makes it an http.RoundTripper (the benchmarks' floor, tests).
 func (c *upstreamClient) RoundTrip(req *http.Request) (*http.Response, error) {
+	return c.do(req.Context(), req, nil)
+}
+
+// do sends req under ctx, which bounds the whole exchange: a cancelled ctx
+// fails any read or write on the connection at once. req's own context is
+// not read. inf, when not nil, gets the 1xx answers.
+func (c *upstreamClient) do(ctx context.Context, req *http.Request, inf informer) (*http.Response, error) {
 	key := req.URL.Scheme + "://" + req.URL.Host
 	// Only pooled connections can be stale or closed idle, and each is
 	// dropped when found so, so this ends: at the latest with a fresh dial.
 	for {
-		uc, err := c.get(req.Context(), key, req.URL)
+		uc, err := c.get(ctx, key, req.URL)
 		if err != nil {
 			return nil, &upstreamError{err}
 		}
-		resp, err := uc.roundTrip(c, req)
+		resp, err := uc.roundTrip(ctx, c, req, inf)
 		if err == nil {
 			return resp, nil
 		}
@@ -264,10 +275,15 @@ func (cw *sentCounter) Write(p []byte) (int, error) {
 // readCounter counts what the upstream sent and, while limit > 0, refuses
 // to read past it: an answer's status line and headers may not grow
 // without bound.
+//
+// Its errors are sticky: once the connection failed or ended, every later
+// read says so again, so a wait that peeks ahead (pooledBody.wait) cannot
+// swallow a failure and let a cut body read as an ended one.
 type readCounter struct {
 	r     io.Reader
 	n     int64
 	limit int64
+	err   error
 }
 
 // maxResponseHeader bounds an upstream answer's head, as net/http's
@@ -293,15 +309,18 @@ func (rc *readCounter) Read(p []byte) (int, error) {
 			p = p[:left]
 		}
 	}
+	if rc.err != nil {
+		return 0, rc.err
+	}
 	n, err := rc.r.Read(p)
 	rc.n += int64(n)
+	rc.err = err
 	return n, err
 }
 
 // wholeWriter hides the *bufio.Writer from Request.Write, which flushes the
-// headers on their own before any body it cannot see is in memory (and
-// ReverseProxy's body wrapper hides every body): one write per request
-// instead of two. The body of a request is always complete by now.
+// headers on their own before any body it cannot see is in memory: one
+// write per request instead of two. The body of a request is always complete by now.
 type wholeWriter struct{ *bufio.Writer }
 
 var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
@@ -309,12 +328,11 @@ var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<
 // aLongTimeAgo is a deadline in the past: it fails blocked I/O at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.Response, error) {
+func (uc *upstreamConn) roundTrip(ctx context.Context, c *upstreamClient, req *http.Request, inf informer) (*http.Response, error) {
 	if uc.reused && !uc.idleAndOpen() {
 		uc.conn.Close()
 		return nil, errStaleConn
 	}
-	ctx := req.Context()
 	if err := ctx.Err(); err != nil {
 		c.put(uc)
 		return nil, err
@@ -354,7 +372,6 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 		uc.conn.SetReadDeadline(time.Now().Add(earlyAnswerWait))
 	}
 
-	trace := httptrace.ContextClientTrace(ctx)
 	before := uc.in.n
 	for n1xx := 0; ; n1xx++ {
 		uc.in.limit = uc.in.n + int64(uc.br.Buffered()) + maxResponseHeader
@@ -384,10 +401,10 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 				uc.conn.Close()
 				return nil, errors.New("upstream sent too many 1xx answers")
 			}
-			// 103 Early Hints and friends: ReverseProxy forwards them
-			// through this hook; the real answer follows.
-			if trace != nil && trace.Got1xxResponse != nil {
-				if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+			// 103 Early Hints and friends: the gateway passes them on;
+			// the real answer follows.
+			if inf != nil {
+				if err := inf.inform(resp.StatusCode, resp.Header); err != nil {
 					stop()
 					uc.conn.Close()
 					return nil, err
@@ -397,12 +414,12 @@ func (uc *upstreamConn) roundTrip(c *upstreamClient, req *http.Request) (*http.R
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
 			if !strings.EqualFold(resp.Header.Get("Upgrade"), req.Header.Get("Upgrade")) || req.Header.Get("Upgrade") == "" {
-				// ReverseProxy would refuse it without closing the body.
+				// The gateway would refuse it without closing the body.
 				stop()
 				uc.conn.Close()
 				return nil, errors.New("upstream switched protocols the request did not ask for")
 			}
-			// ReverseProxy needs a read-write body to splice the upgraded
+			// The gateway needs a read-write body to splice the upgraded
 			// connection; it lives until either side closes.
 			resp.Body = &upgradedConn{uc: uc, stop: stop}
 			return resp, nil
@@ -439,6 +456,7 @@ func (uc *upstreamConn) idleAndOpen() bool {
 	uc.conn.SetReadDeadline(time.Now())
 	_, err := uc.br.Peek(1)
 	uc.conn.SetReadDeadline(time.Time{})
+	uc.in.err = nil // the timeout this provoked is not the connection's
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
@@ -488,6 +506,16 @@ func (b *pooledBody) Read(p []byte) (int, error) {
 		b.uc.conn.Close()
 	}
 	return n, err
+}
+
+// wait blocks until the upstream has sent more of the body, or failed, so
+// a stream between two events is waited on holding no copy buffer. What
+// it reads stays in the connection's reader; an error is read again by
+// the next Read (readCounter keeps it).
+func (b *pooledBody) wait() {
+	if !b.done && b.uc.br.Buffered() == 0 {
+		_, _ = b.uc.br.Peek(1)
+	}
 }
 
 func (b *pooledBody) Close() error {
