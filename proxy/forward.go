@@ -222,14 +222,9 @@ func (g *Gateway) forward(r *http.Request, st *reqState) {
 	}
 	out := &st.outReq
 	outURL(&st.outURL, r.URL, up.URL)
-	*out = http.Request{
-		Method:     r.Method,
-		URL:        &st.outURL,
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: 1,
-		Header:     st.outHdr,
-	}
+	*out = http.Request{} // cleared in place; a literal would sit in this frame
+	out.Method, out.URL, out.Header = r.Method, &st.outURL, st.outHdr
+	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	if g.preserveHost {
 		out.Host = r.Host
 	}

@@ -415,7 +415,10 @@ func (u *upgradedBody) Close() error { return u.rwc.Close() }
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	st := g.states.Get().(*reqState)
-	*st = reqState{g: g, clientCtx: r.Context(), start: start}
+	// Field by field: a composite literal of the whole state is built on
+	// the stack first, and this frame stays under every open stream.
+	*st = reqState{}
+	st.g, st.clientCtx, st.start = g, r.Context(), start
 	st.rw.reset(w, r, g.writeIdle)
 	defer g.finish(r, st, start)
 
