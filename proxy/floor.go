@@ -27,17 +27,19 @@ type floor struct {
 }
 
 func (f *floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	out := r.Clone(r.Context())
-	out.RequestURI = ""
-	out.URL.Scheme, out.URL.Host = f.up.Scheme, f.up.Host
-	out.Host = r.Host
+	// The outbound request reuses the inbound one's header and URL, as
+	// the gateway's forward avoids clones: nothing else reads them.
+	u := *r.URL
+	u.Scheme, u.Host = f.up.Scheme, f.up.Host
 	for _, h := range hopHeaders {
-		out.Header.Del(h)
+		delete(r.Header, h)
 	}
-	if r.ContentLength == 0 {
-		out.Body = nil
+	out := &http.Request{Method: r.Method, URL: &u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: r.Header, Host: r.Host, ContentLength: r.ContentLength}
+	if r.ContentLength != 0 {
+		out.Body = r.Body
 	}
-	res, err := f.client.RoundTrip(out)
+	res, err := f.client.do(r.Context(), out, nil)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
