@@ -78,6 +78,7 @@ type options struct {
 	install    bool
 	// Experiments: another flowgate binary, its environment, its access log.
 	flowgateBin       string
+	baseBin           string
 	flowgateEnv       []string
 	flowgateAccessLog bool
 	// Issue 12: TLS on both sides (nginx-tls, flowgate-tls in the JSON
@@ -132,6 +133,7 @@ func run() int {
 	flag.BoolVar(&o.install, "install", true, "install missing wrk, nginx, caddy with apt-get (needs root)")
 	var fgEnv string
 	flag.StringVar(&o.flowgateBin, "flowgate", "", "benchmark this flowgate binary instead of building ./cmd/flowgate (for experiments)")
+	flag.StringVar(&o.baseBin, "base", "", "target "+baseTarget+": this other flowgate binary, configured as flowgate, in the same rounds (A/B of a change)")
 	flag.StringVar(&fgEnv, "flowgate-env", "", "extra environment for flowgate, comma-separated (e.g. GOGC=400)")
 	flag.BoolVar(&o.flowgateAccessLog, "flowgate-access-log", true, "flowgate's access log (off only for experiments)")
 	flag.BoolVar(&o.tls, "tls", true, "also measure JSON throughput with TLS on both sides (targets nginx-tls and flowgate-tls, one self-signed ECDSA certificate per run)")
@@ -228,6 +230,13 @@ func bench(o options) error {
 		}
 		e.flowgate = bin
 		logf("flowgate under test: %s %s", e.flowgate, strings.Join(o.flowgateEnv, " "))
+	}
+	if o.baseBin != "" {
+		bin, err := filepath.Abs(o.baseBin)
+		if err != nil {
+			return err
+		}
+		e.base = bin
 	}
 	// fakeflow in its fast mode: no latency, no token delay unless a
 	// request asks for one (the streaming scenarios do, by header).

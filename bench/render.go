@@ -12,6 +12,7 @@ var targetLabel = map[string]string{
 	"caddy":           "Caddy",
 	"flowgate":        "flowgate (metrics + access log + metering on; quotas off; cache off)",
 	noMetricsTarget:   "flowgate, metrics off (access log + metering on; quotas off; cache off)",
+	baseTarget:        "flowgate, the -base binary (configured as flowgate)",
 	cacheTarget:       "flowgate serving cache hits",
 	quotaTarget:       "flowgate, quota on (counted in the process)",
 	quotaRedisTarget:  "flowgate, quota on (counted in Redis)",

@@ -48,6 +48,13 @@ const (
 // is CPU per request, which the JSON scenario measures, and per frame.
 const noMetricsTarget = "flowgate-nometrics"
 
+// baseTarget is another flowgate binary (-base), configured exactly as the
+// plain target: an earlier build measured in the same rounds, in rotating
+// order, so that a change is judged against the round-to-round spread of
+// one run rather than across runs (issue 12's "keep a change only if the
+// bench shows it").
+const baseTarget = "flowgate-base"
+
 // jsonOnly reports whether a target is measured in the JSON scenario only.
 func jsonOnly(name string) bool {
 	return name == cacheTarget || name == quotaTarget || name == quotaRedisTarget || isTLS(name)
@@ -93,6 +100,7 @@ const (
 type env struct {
 	dir      string // configs, logs, raw results
 	flowgate string // binary
+	base     string // the -base binary, for baseTarget ("" when not given)
 	fakeflow string // binary
 	self     string // this program, for the plain httputil reference target
 	up       *proc  // fakeflow
@@ -122,7 +130,7 @@ func (e *env) flowgateEnvFor(dir string) []string {
 var allTargets = []string{"direct", "nginx", "caddy", floorTarget, "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget}
 
 // knownTargets are the rows a table may have, in order.
-var knownTargets = []string{"direct", "nginx", "caddy", floorTarget, "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget, "httputil", nginxTLSTarget, flowgateTLSTarget, flowgateH2Target}
+var knownTargets = []string{"direct", "nginx", "caddy", floorTarget, "flowgate", baseTarget, noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget, "httputil", nginxTLSTarget, flowgateTLSTarget, flowgateH2Target}
 
 // startTarget starts a fresh proxy of the given kind in front of e.upAddr.
 // tag keeps file names apart when one kind is started more than once.
@@ -166,7 +174,7 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		p, err = startProc(kind, "caddy", []string{"run", "--config", conf, "--adapter", "caddyfile"},
 			[]string{"XDG_DATA_HOME=" + dir, "XDG_CONFIG_HOME=" + dir, "HOME=" + dir},
 			filepath.Join(dir, "caddy.log"), false)
-	case "flowgate", noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget, flowgateTLSTarget:
+	case "flowgate", baseTarget, noMetricsTarget, cacheTarget, quotaTarget, quotaRedisTarget, flowgateTLSTarget:
 		conf := filepath.Join(dir, "flowgate.yaml")
 		mport, err := freePort()
 		if err != nil {
@@ -202,7 +210,14 @@ func (e *env) startTarget(kind, tag string) (*target, error) {
 		metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", mport)
 		// stdout carries the JSON access log: it goes to a file on disk,
 		// like nginx's and Caddy's.
-		p, err = startProc(kind, e.flowgate, []string{"-config", conf}, e.flowgateEnvFor(dir), filepath.Join(dir, "access.log"), false)
+		bin := e.flowgate
+		if kind == baseTarget {
+			if e.base == "" {
+				return nil, fmt.Errorf("%s needs -base BINARY", baseTarget)
+			}
+			bin = e.base
+		}
+		p, err = startProc(kind, bin, []string{"-config", conf}, e.flowgateEnvFor(dir), filepath.Join(dir, "access.log"), false)
 	case floorTarget:
 		p, err = startProc(kind, e.self, []string{"serve-floor", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-upstream", e.upURL},
 			nil, filepath.Join(dir, "stdout.log"), false)

@@ -352,19 +352,29 @@ func ParseUSD(s string) (USD, error) {
 func (u USD) Float() float64 { return float64(u) / NanoPerUSD }
 
 // String formats the amount as a decimal without trailing zeros.
-func (u USD) String() string {
-	neg := u < 0
-	if neg {
+func (u USD) String() string { return string(u.Append(nil)) }
+
+// Append appends the amount as String writes it, without allocating.
+func (u USD) Append(b []byte) []byte {
+	if u < 0 {
+		b = append(b, '-')
 		u = -u
 	}
-	s := strconv.FormatInt(int64(u)/NanoPerUSD, 10)
+	b = strconv.AppendInt(b, int64(u)/NanoPerUSD, 10)
 	if f := int64(u) % NanoPerUSD; f != 0 {
-		s += "." + strings.TrimRight(fmt.Sprintf("%09d", f), "0")
+		var d [9]byte
+		for i := 8; i >= 0; i-- {
+			d[i] = byte('0' + f%10)
+			f /= 10
+		}
+		n := 9
+		for n > 0 && d[n-1] == '0' {
+			n--
+		}
+		b = append(b, '.')
+		b = append(b, d[:n]...)
 	}
-	if neg {
-		s = "-" + s
-	}
-	return s
+	return b
 }
 
 // MarshalJSON writes the amount as a JSON number.

@@ -77,6 +77,12 @@ func (g *Gateway) logAccess(r *http.Request, st *reqState, end time.Time, d time
 	}
 	b = append(b, "}\n"...)
 	_, _ = g.access.Write(b)
+	putLine(bp, b)
+}
+
+// putLine gives a line's buffer back (the writer copied it), unless a huge
+// line grew it: the pool keeps ordinary sizes only.
+func putLine(bp *[]byte, b []byte) {
 	if cap(b) <= 16<<10 {
 		*bp = b
 		linePool.Put(bp)

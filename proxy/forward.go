@@ -88,7 +88,8 @@ func (g *Gateway) outHeader(r *http.Request, st *reqState) (http.Header, error) 
 	if !printable(upType) {
 		return nil, errBadUpgrade
 	}
-	h := make(http.Header, len(in)+4)
+	h := make(http.Header, len(in)+8) // room for the forwarding fields
+
 	maps.Copy(h, in)
 	removeHopByHop(h)
 	// Tells upstreams that care that trailers get through, when the

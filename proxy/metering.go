@@ -212,7 +212,8 @@ func (g *Gateway) meterRun(j meterJob) {
 // flow server or estimated. It follows the request's access line (same
 // request_id), written later because metering ends after the answer.
 func (g *Gateway) logExecution(j meterJob, u metering.Usage) {
-	b := make([]byte, 0, 384)
+	bp := linePool.Get().(*[]byte)
+	b := (*bp)[:0]
 	b = append(b, `{"level":"info","time":"`...)
 	b = time.Now().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","logger":"access","msg":"execution","request_id":`...)
@@ -230,7 +231,7 @@ func (g *Gateway) logExecution(j meterJob, u metering.Usage) {
 	b = append(b, `,"output_tokens":`...)
 	b = strconv.AppendInt(b, u.Output(), 10)
 	b = append(b, `,"cost_usd":`...)
-	b = append(b, config.USD(u.CostNano()).String()...)
+	b = config.USD(u.CostNano()).Append(b)
 	b = append(b, `,"models":[`...)
 	for i, mu := range u.Models {
 		if i > 0 {
@@ -243,13 +244,14 @@ func (g *Gateway) logExecution(j meterJob, u metering.Usage) {
 		b = append(b, `,"output_tokens":`...)
 		b = strconv.AppendInt(b, mu.Output, 10)
 		b = append(b, `,"cost_usd":`...)
-		b = append(b, config.USD(mu.CostNano).String()...)
+		b = config.USD(mu.CostNano).Append(b)
 		b = append(b, `,"flowise_cost":`...)
 		b = strconv.AppendBool(b, mu.FlowiseCost)
 		b = append(b, '}')
 	}
 	b = append(b, "]}\n"...)
 	_, _ = g.access.Write(b)
+	putLine(bp, b)
 }
 
 // startMetering runs the worker; Close drains it.
