@@ -61,7 +61,7 @@ type Gateway struct {
 	cfg     config.Config
 	log     *zap.Logger
 	copyLog *zap.Logger // "reverseproxy": an answer's body that failed part-way
-	access  io.Writer // nil when access logging is off
+	access  io.Writer   // nil when access logging is off
 	metrics *metrics.Metrics
 
 	// set is the upstreams in rotation: the static ones and what
