@@ -89,9 +89,23 @@ func (g *Gateway) outHeader(r *http.Request, st *reqState) (http.Header, error) 
 		return nil, errBadUpgrade
 	}
 	h := make(http.Header, len(in)+8) // room for the forwarding fields
-
 	maps.Copy(h, in)
-	removeHopByHop(h)
+	// A field the client names in Connection is dropped (RFC 9110, 7.6.1),
+	// unless the gateway already decided on it: a cache key made with an
+	// Origin or Content-Type the upstream never saw would store an answer
+	// (without CORS headers, say) that every caller then gets.
+	for _, f := range in["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				if k := textproto.CanonicalMIMEHeaderKey(sf); !g.decidesOn[k] {
+					delete(h, k)
+				}
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
 	// Tells upstreams that care that trailers get through, when the
 	// client said it takes them.
 	if httpguts.HeaderValuesContainsToken(in["Te"], "trailers") {
@@ -275,12 +289,14 @@ func (g *Gateway) respond(st *reqState, res *http.Response) {
 		dst.Add("Trailer", strings.Join(keys, ", "))
 	}
 	st.rw.WriteHeader(res.StatusCode)
+	// Closed whatever happens below, a bug's panic included: an unclosed
+	// body would keep its upstream connection open.
+	defer res.Body.Close()
 
 	// A stream (SSE, or a body of unknown length) is flushed write by
 	// write, and its headers at once: a client waits on each event.
 	stream := st.sse || res.ContentLength == -1
 	if err := g.copyBody(st, res.Body, stream, pb); err != nil {
-		res.Body.Close()
 		// The client must not take a cut answer for whole: net/http
 		// closes the connection without the final chunk.
 		panic(http.ErrAbortHandler)
@@ -329,7 +345,7 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize);
 func (g *Gateway) copyBody(st *reqState, body io.Reader, stream bool, pb *pooledBody) error {
 	w := &st.rw
 	if stream {
-		if err := w.FlushError(); err != nil {
+		if err := flushErr(w); err != nil {
 			return err
 		}
 	}
@@ -357,7 +373,7 @@ func (g *Gateway) copyBody(st *reqState, body io.Reader, stream bool, pb *pooled
 				werr = io.ErrShortWrite
 			}
 			if werr == nil && stream {
-				werr = w.FlushError()
+				werr = flushErr(w)
 			}
 			if werr != nil {
 				return werr
@@ -367,7 +383,7 @@ func (g *Gateway) copyBody(st *reqState, body io.Reader, stream bool, pb *pooled
 			return nil
 		}
 		if rerr != nil {
-			if !errors.Is(rerr, context.Canceled) {
+			if !errors.Is(rerr, context.Canceled) && st.clientCtx.Err() == nil {
 				// Under ReverseProxy's logger name, which operators'
 				// filters know.
 				g.copyLog.Warn("read error during body copy", zap.String("request_id", st.id),
@@ -376,6 +392,15 @@ func (g *Gateway) copyBody(st *reqState, body io.Reader, stream bool, pb *pooled
 			return rerr
 		}
 	}
+}
+
+// flushErr flushes w; a writer that cannot flush is not an error (the
+// answer still arrives, later), a failed flush is.
+func flushErr(w *responseWriter) error {
+	if err := w.FlushError(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	return nil
 }
 
 // inform passes a 1xx answer (103 Early Hints) on to the client with the

@@ -76,6 +76,7 @@ type Gateway struct {
 
 	// Read-only after New: the config digested for the hot path.
 	trustedNets            []netip.Prefix
+	decidesOn              map[string]bool // fields a client may not strip with Connection (outHeader)
 	secHeaders             []secHeader
 	staticExt              map[string]struct{}
 	staticCC               []string // asset Cache-Control, shared by every response (len == cap); nil: off
@@ -153,6 +154,14 @@ func New(cfg config.Config, o Options) (*Gateway, error) {
 		g.cachePol = newCachePolicies(cfg.Cache)
 		g.flights.m = map[cache.Key]*flight{}
 		g.recBudget.limit = recordBudget(int64(cfg.Cache.MaxMemory))
+	}
+	// What the cache key, the caller's identity and the session check
+	// read from the request.
+	g.decidesOn = map[string]bool{"Content-Type": true, "Origin": true, "Cookie": true, "Authorization": true, "X-Api-Key": true}
+	if g.cachePol != nil {
+		for _, h := range g.cachePol.vary {
+			g.decidesOn[h] = true
+		}
 	}
 	g.bodyBudget.limit = int64(p.BodyMemoryBudget)
 	g.diskBudget.limit = int64(p.BodyDiskBudget)
@@ -429,6 +438,17 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.isStatic = !st.info.IsFlow() && g.isStatic(r.URL.Path)
 	st.acceptGzip = g.gzipOn && acceptsGzip(r.Header.Get("Accept-Encoding"))
 
+	if r.URL.Opaque != "" {
+		// "GET http:api/v1/..." has no path the gateway could route,
+		// count or cache by, while the upstream would still get it.
+		writeError(&st.rw, st, http.StatusBadRequest, "bad_request", "the request target has no path")
+		return
+	}
+	if up := upgradeType(r.Header); up != "" && !printable(up) {
+		// Refused before any quota, metric or upstream sees it.
+		writeError(&st.rw, st, http.StatusBadRequest, "bad_request", "the request asks to switch to an invalid protocol")
+		return
+	}
 	if r.Method == http.MethodConnect || r.Method == http.MethodTrace {
 		// Neither has a use in front of a flow server, and Node destroys
 		// the socket of a CONNECT it has no handler for: forwarded, it
@@ -587,7 +607,8 @@ func (g *Gateway) shouldCompress(res *http.Response) bool {
 // finish runs last, also while an aborted response unwinds: log, measure,
 // release.
 func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
-	if p := recover(); p != nil {
+	p := recover()
+	if p != nil {
 		// ErrAbortHandler is how a cut response ends; anything else is a
 		// bug, and must not be logged as the 200 that was under way.
 		if p != http.ErrAbortHandler && st.status == 0 {
@@ -596,7 +617,7 @@ func (g *Gateway) finish(r *http.Request, st *reqState, start time.Time) {
 		}
 		defer panic(p)
 	}
-	st.rw.finish()
+	st.rw.finish(p == nil)
 	if g.cacheStore != nil {
 		g.cacheFinish(st)
 	}

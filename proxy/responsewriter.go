@@ -183,10 +183,14 @@ func (rw *responseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 func (rw *responseWriter) Unwrap() http.ResponseWriter { return rw.w }
 
-// finish completes a compressed body; without it the gzip trailer is missing.
-func (rw *responseWriter) finish() {
+// finish completes a compressed body; without it the gzip trailer is
+// missing. An aborted answer gets none: a cut gzip stream must not end
+// well-formed (over HTTP/1.0 nothing else would tell the cut).
+func (rw *responseWriter) finish(complete bool) {
 	if rw.gz != nil {
-		_ = rw.gz.Close()
+		if complete {
+			_ = rw.gz.Close()
+		}
 		gzipPool.Put(rw.gz)
 		rw.gz = nil
 	}

@@ -72,6 +72,13 @@ type upstreamError struct{ err error }
 func (e *upstreamError) Error() string { return e.err.Error() }
 func (e *upstreamError) Unwrap() error { return e.err }
 
+// requestError: the request could not be written for reasons of its own,
+// before the connection failed; not counted against the upstream.
+type requestError struct{ err error }
+
+func (e *requestError) Error() string { return e.err.Error() }
+func (e *requestError) Unwrap() error { return e.err }
+
 // max1xx bounds informational answers before the real one, as net/http does.
 const max1xx = 5
 
@@ -100,6 +107,10 @@ func (c *upstreamClient) do(ctx context.Context, req *http.Request, inf informer
 		resp, err := uc.roundTrip(ctx, c, req, inf)
 		if err == nil {
 			return resp, nil
+		}
+		var re *requestError
+		if errors.As(err, &re) {
+			return nil, err
 		}
 		if !errors.Is(err, errStaleConn) && !(errors.Is(err, errClosedIdle) && idempotent(req)) {
 			return nil, &upstreamError{err}
@@ -358,7 +369,15 @@ func (uc *upstreamConn) roundTrip(ctx context.Context, c *upstreamClient, req *h
 			uc.conn.Close()
 			return nil, errors.Join(errStaleConn, err)
 		}
-		if cw.n == 0 || cw.err == nil || ctx.Err() != nil {
+		if cw.err == nil && ctx.Err() == nil {
+			// Not the connection's failure: the request itself could not
+			// be written (a Host header net/http refuses, a spooled body
+			// that failed to read). No upstream is at fault.
+			stop()
+			uc.conn.Close()
+			return nil, &requestError{err}
+		}
+		if cw.n == 0 || ctx.Err() != nil {
 			stop()
 			uc.conn.Close()
 			return nil, ctxErr(ctx, err)
@@ -466,7 +485,9 @@ func (uc *upstreamConn) idleAndOpen() bool {
 func (uc *upstreamConn) release(c *upstreamClient, stop func() bool, reusable bool) {
 	// stop fails when cancellation already began: the connection's
 	// deadline is poisoned, so it must not carry another request.
-	if stop() && reusable && uc.br.Buffered() == 0 {
+	// A read error, kept by readCounter (TLS may hand over the last bytes
+	// with an EOF), means the connection is done whatever else says so.
+	if stop() && reusable && uc.br.Buffered() == 0 && uc.in.err == nil {
 		c.put(uc)
 		return
 	}
@@ -490,10 +511,17 @@ type pooledBody struct {
 	stop     func() bool
 	reusable bool
 	done     bool
+	cut      bool // done before the end: later reads must not say EOF
 }
+
+// errBodyCut: read again after a failure or Close; it never ended.
+var errBodyCut = errors.New("upstream body read after it failed or was closed")
 
 func (b *pooledBody) Read(p []byte) (int, error) {
 	if b.done {
+		if b.cut {
+			return 0, errBodyCut
+		}
 		return 0, io.EOF
 	}
 	n, err := b.rc.Read(p)
@@ -501,7 +529,7 @@ func (b *pooledBody) Read(p []byte) (int, error) {
 		b.done = true
 		b.uc.release(b.c, b.stop, b.reusable)
 	} else if err != nil {
-		b.done = true
+		b.done, b.cut = true, true
 		b.stop()
 		b.uc.conn.Close()
 	}
@@ -522,7 +550,7 @@ func (b *pooledBody) Close() error {
 	if !b.done {
 		// Unread bytes are still on the wire: the connection cannot be
 		// reused without reading them, and they may never end (a stream).
-		b.done = true
+		b.done, b.cut = true, true
 		b.stop()
 		b.uc.conn.Close()
 	}
