@@ -699,3 +699,36 @@ func TestCharts(t *testing.T) {
 		}
 	}
 }
+
+// The run's access logs go at the end (they fill the disk over a few
+// runs); everything else in the output directory stays.
+func TestPruneAccessLogs(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]bool{ // path: removed
+		"flowgate/access.log":                  true,
+		"caddy/access-2026-12-01T18-44.log.gz": true,
+		"caddy/access.log":                     true,
+		"flowgate/flowgate.yaml":               false,
+		"nginx/error.log":                      false,
+		"results.md":                           false,
+		"access.log.bak":                       false,
+	}
+	for p := range files {
+		full := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte("0123456789"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if freed := pruneAccessLogs(dir); freed != 30 {
+		t.Errorf("freed %d bytes, want 30", freed)
+	}
+	for p, removed := range files {
+		_, err := os.Stat(filepath.Join(dir, p))
+		if gone := os.IsNotExist(err); gone != removed {
+			t.Errorf("%s: removed %v, want %v", p, gone, removed)
+		}
+	}
+}

@@ -44,6 +44,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net/http"
 	"os"
@@ -79,6 +80,7 @@ type options struct {
 	// Experiments: another flowgate binary, its environment, its access log.
 	flowgateBin       string
 	baseBin           string
+	keepLogs          bool
 	flowgateEnv       []string
 	flowgateAccessLog bool
 	// Issue 12: TLS on both sides (nginx-tls, flowgate-tls in the JSON
@@ -136,6 +138,7 @@ func run() int {
 	flag.StringVar(&o.baseBin, "base", "", "target "+baseTarget+": this other flowgate binary, configured as flowgate, in the same rounds (A/B of a change)")
 	flag.StringVar(&fgEnv, "flowgate-env", "", "extra environment for flowgate, comma-separated (e.g. GOGC=400)")
 	flag.BoolVar(&o.flowgateAccessLog, "flowgate-access-log", true, "flowgate's access log (off only for experiments)")
+	flag.BoolVar(&o.keepLogs, "keep-logs", false, "keep the proxies' access logs in the -out directory (a full run writes several GiB)")
 	flag.BoolVar(&o.tls, "tls", true, "also measure JSON throughput with TLS on both sides (targets nginx-tls and flowgate-tls, one self-signed ECDSA certificate per run)")
 	flag.BoolVar(&o.sweep, "sweep", false, "also sweep connections (JSON throughput, p99) and open streams (RSS), and draw the charts")
 	flag.DurationVar(&o.sweepDuration, "sweep-duration", 5*time.Second, "wrk duration per target per point of the connections sweep")
@@ -334,10 +337,18 @@ func bench(o options) error {
 		rep.Profile = prof
 	}
 	rep.Elapsed = time.Since(began).Round(time.Second).String()
+	if !o.keepLogs {
+		// A full run writes gigabytes of access logs (flowgate's lines at
+		// 20,000 requests a second, per target); they are written for a
+		// fair comparison, not read: runs in a row would fill the disk.
+		logf("removed %d MiB of access logs (-keep-logs keeps them)", pruneAccessLogs(dir)>>20)
+	}
 
 	text := rep.render(o)
 	fmt.Print(text)
-	_ = os.WriteFile(filepath.Join(dir, "results.md"), []byte(text), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(text), 0o644); err != nil {
+		return fmt.Errorf("results.md: %w", err)
+	}
 	j, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return fmt.Errorf("results.json: %w", err)
@@ -588,4 +599,24 @@ func httpGet(url, path string, timeout time.Duration) error {
 	defer f.Close()
 	_, err = io.Copy(f, resp.Body)
 	return err
+}
+
+// pruneAccessLogs removes the proxies' access logs under dir (access.log,
+// and Caddy's rotated access-*.log.gz) and returns the bytes freed.
+func pruneAccessLogs(dir string) int64 {
+	var freed int64
+	_ = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		name := d.Name()
+		if name != "access.log" && !(strings.HasPrefix(name, "access-") && strings.HasSuffix(name, ".log.gz")) {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil && os.Remove(path) == nil {
+			freed += fi.Size()
+		}
+		return nil
+	})
+	return freed
 }
