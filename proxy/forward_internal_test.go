@@ -44,13 +44,7 @@ func TestCutBodyNeverReadsAsEnded(t *testing.T) {
 		w.(http.Flusher).Flush()
 		<-r.Context().Done()
 	})
-	c := newUpstreamClient(time.Second, 4, time.Minute, nil)
-	defer c.CloseIdleConnections()
-	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
-	resp, err := c.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := getFresh(t, srv.URL)
 	buf := make([]byte, 64)
 	if n, err := resp.Body.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "data: a") {
 		t.Fatalf("first read %q, %v", buf[:n], err)
@@ -76,13 +70,7 @@ func TestPooledBodyWaitKeepsBytesAndErrors(t *testing.T) {
 		conn, _, _ := http.NewResponseController(w).Hijack()
 		conn.Close()
 	})
-	c := newUpstreamClient(time.Second, 4, time.Minute, nil)
-	defer c.CloseIdleConnections()
-	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
-	resp, err := c.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := getFresh(t, srv.URL)
 	defer resp.Body.Close()
 	pb := resp.Body.(*pooledBody)
 	buf := make([]byte, 64)
@@ -114,4 +102,17 @@ func TestPooledBodyWaitKeepsBytesAndErrors(t *testing.T) {
 			break
 		}
 	}
+}
+
+// getFresh GETs url through a client of its own, closed with the test.
+func getFresh(t *testing.T, url string) *http.Response {
+	t.Helper()
+	c := newUpstreamClient(time.Second, 4, time.Minute, nil)
+	t.Cleanup(c.CloseIdleConnections)
+	req, _ := http.NewRequest(http.MethodGet, url+"/", nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }
