@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -71,17 +69,7 @@ func holdStreamsH2(url string, n int, tokenDelay time.Duration) (close func(), o
 			}
 			t := time.AfterFunc(15*time.Second, func() { resp.Body.Close() })
 			defer t.Stop()
-			rd := bufio.NewReaderSize(resp.Body, 512)
-			for {
-				line, err := rd.ReadSlice('\n')
-				if err != nil {
-					errs[i] = fmt.Errorf("stream ended before its first token: %v", err)
-					return
-				}
-				if bytes.Contains(line, []byte(`"event":"token"`)) {
-					return // open: the next token is tokenDelay away
-				}
-			}
+			errs[i] = untilFirstToken(resp.Body)
 		}()
 	}
 	wg.Wait()
@@ -94,12 +82,6 @@ func holdStreamsH2(url string, n int, tokenDelay time.Duration) (close func(), o
 		}
 		tr.CloseIdleConnections()
 	}
-	for i := range bodies {
-		if errs[i] == nil && bodies[i] != nil {
-			opened++
-		} else if err == nil {
-			err = errs[i]
-		}
-	}
+	opened, err = tally(errs)
 	return closeAll, opened, err
 }

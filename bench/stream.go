@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/flowgate/flowgate/fakeflow"
+	"github.com/flowgate/flowgate/flow"
+	"github.com/flowgate/flowgate/sse"
 )
 
 // Streaming: fakeflow stamps every token frame with its write time
@@ -185,17 +188,8 @@ func holdStreams(url string, n int, tokenDelay time.Duration) (close func(), ope
 				errs[i] = fmt.Errorf("status %d", resp.StatusCode)
 				return
 			}
-			rd := bufio.NewReaderSize(resp.Body, 512)
-			for {
-				line, err := rd.ReadSlice('\n')
-				if err != nil {
-					errs[i] = fmt.Errorf("stream ended before its first token: %v", err)
-					return
-				}
-				if bytes.Contains(line, []byte(`"event":"token"`)) {
-					_ = c.SetDeadline(time.Time{})
-					return // open: the next token is tokenDelay away
-				}
+			if errs[i] = untilFirstToken(resp.Body); errs[i] == nil {
+				_ = c.SetDeadline(time.Time{}) // open: the next token is tokenDelay away
 			}
 		}()
 	}
@@ -207,12 +201,44 @@ func holdStreams(url string, n int, tokenDelay time.Duration) (close func(), ope
 			}
 		}
 	}
-	for i := range conns {
-		if errs[i] == nil && conns[i] != nil {
-			opened++
-		} else if err == nil {
-			err = errs[i]
+	opened, err = tally(errs)
+	return closeAll, opened, err
+}
+
+// untilFirstToken reads a Flowise SSE answer until its first token event,
+// read as events and their JSON (any line ending, key order or spacing), so
+// that a held stream is known to be open past its start.
+func untilFirstToken(body io.Reader) error {
+	var p sse.Parser
+	p.MaxEventBytes = 64 << 10
+	buf := make([]byte, 512)
+	found := false
+	onEvent := func(ev *sse.Event) {
+		if name, ok := flow.FlowiseEvent(ev.Data); ok && string(name) == "token" {
+			found = true
 		}
 	}
-	return closeAll, opened, err
+	for {
+		n, err := body.Read(buf)
+		p.Feed(buf[:n], onEvent)
+		if found {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("stream ended before its first token: %v", err)
+		}
+	}
+}
+
+// tally counts the held streams that opened (no error) and returns the
+// first failure of the others.
+func tally(errs []error) (opened int, err error) {
+	for _, e := range errs {
+		if e == nil {
+			opened++
+		} else if err == nil {
+			err = e
+		}
+	}
+	return opened, err
 }
