@@ -1020,12 +1020,8 @@ func checkComposeGateway(t *testing.T, p *composeProject, mode string) {
 	}
 	where := "flowgate." + mode + ".yaml"
 	cfg := parseGateConfig(t, where, data)
-	var c composeGateConfig
-	if err := yaml.Unmarshal(data, &c); err != nil {
-		t.Fatal(err)
-	}
-	if c.TLS.Mode != mode {
-		t.Errorf("%s: tls.mode %q, want %q", where, c.TLS.Mode, mode)
+	if cfg.TLS.Mode != mode {
+		t.Errorf("%s: tls.mode %q, want %q", where, cfg.TLS.Mode, mode)
 	}
 
 	for _, u := range cfg.Upstreams {
@@ -1040,13 +1036,13 @@ func checkComposeGateway(t *testing.T, p *composeProject, mode string) {
 			t.Errorf("%s: upstream %s is not a service on flowgate's networks", where, u.URL)
 		}
 	}
-	host, _, err := net.SplitHostPort(c.Redis.Addr)
+	host, _, err := net.SplitHostPort(cfg.Redis.Addr)
 	if err != nil {
-		t.Errorf("%s: redis.addr %q: %v", where, c.Redis.Addr, err)
+		t.Errorf("%s: redis.addr %q: %v", where, cfg.Redis.Addr, err)
 	} else if _, ok := gate.DependsOn[host]; !ok || !shareNetwork(gate, p.Services[host]) {
-		t.Errorf("%s: redis.addr %s is not a service flowgate waits for on its networks", where, c.Redis.Addr)
+		t.Errorf("%s: redis.addr %s is not a service flowgate waits for on its networks", where, cfg.Redis.Addr)
 	}
-	if c.Redis.Password != "" || c.Redis.PasswordFile != "" {
+	if cfg.Redis.Password != "" || cfg.Redis.PasswordFile != "" {
 		t.Errorf("%s: the Redis password is set in the file; compose gives it as FLOWGATE_REDIS_PASSWORD", where)
 	}
 
@@ -1073,7 +1069,7 @@ func checkComposeGateway(t *testing.T, p *composeProject, mode string) {
 		t.Errorf("%s: server.listen %q is not published", where, cfg.Server.Listen)
 	}
 	if mode != "off" {
-		listen := c.TLS.Listen
+		listen := cfg.TLS.Listen
 		if listen == "" {
 			listen = ":8443"
 		}
@@ -1081,23 +1077,23 @@ func checkComposeGateway(t *testing.T, p *composeProject, mode string) {
 		if !ok {
 			t.Errorf("%s: tls.listen %q is not published", where, listen)
 		}
-		rp := c.TLS.RedirectPort
+		rp := cfg.TLS.RedirectPort
 		if rp == 0 {
 			rp = 443
 		}
 		if pubTLS != fmt.Sprint(rp) {
 			t.Errorf("%s: tls.redirect_port %d, but tls.listen is published on %s: the redirects would miss", where, rp, pubTLS)
 		}
-		if c.TLS.RedirectHTTP != nil && !*c.TLS.RedirectHTTP {
+		if cfg.TLS.RedirectHTTP != nil && !*cfg.TLS.RedirectHTTP {
 			t.Errorf("%s: redirect_http is off: plain HTTP on port 80 would serve Flowise", where)
 		}
-		if c.TLS.HSTS == "" {
+		if cfg.TLS.HSTS == "" {
 			t.Errorf("%s: no tls.hsts", where)
 		}
 	}
 	switch mode {
 	case "files":
-		for key, f := range map[string]string{"cert_file": c.TLS.CertFile, "key_file": c.TLS.KeyFile} {
+		for key, f := range map[string]string{"cert_file": cfg.TLS.CertFile, "key_file": cfg.TLS.KeyFile} {
 			if !filepath.IsAbs(f) {
 				t.Errorf("%s: tls.%s %q is not an absolute path in the container", where, key, f)
 				continue
@@ -1109,7 +1105,7 @@ func checkComposeGateway(t *testing.T, p *composeProject, mode string) {
 			}
 		}
 	case "acme":
-		sd := c.TLS.StorageDir
+		sd := cfg.TLS.StorageDir
 		if sd == "" {
 			sd = "/var/lib/flowgate/certs"
 		}
@@ -1139,30 +1135,6 @@ func portOf(addr string, def int) string {
 		return ""
 	}
 	return port
-}
-
-// composeGateConfig is the part of flowgate's config the compose stack
-// depends on beyond parseGateConfig's: Redis and TLS.
-type composeGateConfig struct {
-	Redis struct {
-		Addr         string `json:"addr"`
-		Password     string `json:"password"`
-		PasswordFile string `json:"password_file"`
-	} `json:"redis"`
-	TLS struct {
-		Mode         string `json:"mode"`
-		Listen       string `json:"listen"`
-		RedirectHTTP *bool  `json:"redirect_http"`
-		RedirectPort int    `json:"redirect_port"`
-		CertFile     string `json:"cert_file"`
-		KeyFile      string `json:"key_file"`
-		StorageDir   string `json:"storage_dir"`
-		HSTS         string `json:"hsts"`
-		ACME         struct {
-			Domains []string `json:"domains"`
-			Email   string   `json:"email"`
-		} `json:"acme"`
-	} `json:"tls"`
 }
 
 // Prometheus reads the config compose mounts, which scrapes flowgate on
@@ -1418,7 +1390,7 @@ func TestComposeFlowgateConfigs(t *testing.T) {
 		js, _ := json.Marshal(doc)
 		rest[mode] = string(js)
 		if mode == "acme" {
-			var c composeGateConfig
+			var c gateConfig
 			if err := yaml.Unmarshal(data, &c); err != nil {
 				t.Fatal(err)
 			}

@@ -287,7 +287,18 @@ type gateConfig struct {
 		PasswordFile string `json:"password_file"`
 	} `json:"redis"`
 	TLS struct {
-		Mode string `json:"mode"`
+		Mode         string `json:"mode"`
+		Listen       string `json:"listen"`
+		RedirectHTTP *bool  `json:"redirect_http"`
+		RedirectPort int    `json:"redirect_port"`
+		CertFile     string `json:"cert_file"`
+		KeyFile      string `json:"key_file"`
+		StorageDir   string `json:"storage_dir"`
+		HSTS         string `json:"hsts"`
+		ACME         struct {
+			Domains []string `json:"domains"`
+			Email   string   `json:"email"`
+		} `json:"acme"`
 	} `json:"tls"`
 }
 
