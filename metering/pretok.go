@@ -114,8 +114,11 @@ func isLowerish(r rune) bool {
 }
 
 // runEnd returns the end of the run of runes in class from i.
-func runEnd(text []byte, i int, class func(rune) bool) int {
-	for i < len(text) {
+func runEnd(text []byte, i int, class func(rune) bool) int { return runEndN(text, i, class, -1) }
+
+// runEndN is runEnd with at most n runes (n < 0: no bound).
+func runEndN(text []byte, i int, class func(rune) bool, n int) int {
+	for ; n != 0 && i < len(text); n-- {
 		r, size := decode(text, i)
 		if !class(r) {
 			break
@@ -219,16 +222,7 @@ func cl100kPiece(text []byte, i int) int {
 }
 
 // digits is \p{N}{1,3} at a number i.
-func digits(text []byte, i int) int {
-	for n := 0; n < 3 && i < len(text); n++ {
-		r, size := decode(text, i)
-		if !isNumber(r) {
-			break
-		}
-		i += size
-	}
-	return i
-}
+func digits(text []byte, i int) int { return runEndN(text, i, isNumber, 3) }
 
 // o200kPiece splits as
 // [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|
