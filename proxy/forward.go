@@ -41,12 +41,14 @@ var hopHeaders = []string{
 }
 
 // removeHopByHop drops the hop-by-hop fields and those the message's
-// Connection header names.
-func removeHopByHop(h http.Header) {
+// Connection header names, except the ones in keep (nil: none).
+func removeHopByHop(h http.Header, keep map[string]bool) {
 	for _, f := range h["Connection"] {
 		for sf := range strings.SplitSeq(f, ",") {
 			if sf = textproto.TrimString(sf); sf != "" {
-				h.Del(sf)
+				if k := textproto.CanonicalMIMEHeaderKey(sf); !keep[k] {
+					delete(h, k)
+				}
 			}
 		}
 	}
@@ -72,40 +74,24 @@ func printable(s string) bool {
 	return true
 }
 
-// errBadUpgrade is the client's fault: nothing is sent upstream.
-var errBadUpgrade = errors.New("client asked to switch to an invalid protocol")
-
 // emptyUA keeps Request.Write from sending Go's default User-Agent for a
 // client that sent none. Shared: len == cap, and never appended to.
 var emptyUA = []string{""}
 
 // outHeader builds the header every attempt of the request sends. The
 // client's value slices are shared, not copied: they are only read, and
-// every field the gateway sets gets a slice of its own.
-func (g *Gateway) outHeader(r *http.Request, st *reqState) (http.Header, error) {
+// every field the gateway sets gets a slice of its own. ServeHTTP has
+// refused an Upgrade that is not printable.
+func (g *Gateway) outHeader(r *http.Request, st *reqState) http.Header {
 	in := r.Header
 	upType := upgradeType(in)
-	if !printable(upType) {
-		return nil, errBadUpgrade
-	}
 	h := make(http.Header, len(in)+8) // room for the forwarding fields
 	maps.Copy(h, in)
 	// A field the client names in Connection is dropped (RFC 9110, 7.6.1),
 	// unless the gateway already decided on it: a cache key made with an
 	// Origin or Content-Type the upstream never saw would store an answer
 	// (without CORS headers, say) that every caller then gets.
-	for _, f := range in["Connection"] {
-		for sf := range strings.SplitSeq(f, ",") {
-			if sf = textproto.TrimString(sf); sf != "" {
-				if k := textproto.CanonicalMIMEHeaderKey(sf); !g.decidesOn[k] {
-					delete(h, k)
-				}
-			}
-		}
-	}
-	for _, k := range hopHeaders {
-		delete(h, k)
-	}
+	removeHopByHop(h, g.decidesOn)
 	// Tells upstreams that care that trailers get through, when the
 	// client said it takes them.
 	if httpguts.HeaderValuesContainsToken(in["Te"], "trailers") {
@@ -133,7 +119,7 @@ func (g *Gateway) outHeader(r *http.Request, st *reqState) (http.Header, error) 
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = emptyUA
 	}
-	return h, nil
+	return h
 }
 
 // outURL points the request at up: its scheme and host, its path as a
@@ -228,12 +214,7 @@ func (g *Gateway) forward(r *http.Request, st *reqState) {
 	}()
 
 	if st.outHdr == nil {
-		h, err := g.outHeader(r, st)
-		if err != nil {
-			g.attemptFailed(st, err)
-			return
-		}
-		st.outHdr = h
+		st.outHdr = g.outHeader(r, st)
 	}
 	out := &st.outReq
 	outURL(&st.outURL, r.URL, up.URL)
@@ -270,7 +251,7 @@ func (g *Gateway) respond(st *reqState, res *http.Response) {
 		g.upgrade(st, res)
 		return
 	}
-	removeHopByHop(res.Header)
+	removeHopByHop(res.Header, nil)
 	if err := g.onResponse(res, st); err != nil {
 		res.Body.Close()
 		g.attemptFailed(st, err)

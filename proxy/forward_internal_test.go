@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -115,4 +117,30 @@ func getFresh(t *testing.T, url string) *http.Response {
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// A compressed answer gets its gzip trailer only when it was complete: a
+// cut one must not end as a well-formed stream, which over HTTP/1.0 (the
+// connection's close is the end) would be the only sign of completeness.
+func TestCompressedAnswerEndsWellFormedOnlyWhenComplete(t *testing.T) {
+	for _, complete := range []bool{true, false} {
+		rec := httptest.NewRecorder()
+		var rw responseWriter
+		rw.reset(rec, httptest.NewRequest(http.MethodGet, "/", nil), 0)
+		rw.compress = true
+		rw.WriteHeader(http.StatusOK)
+		if _, err := rw.Write([]byte(strings.Repeat("flowgate ", 1000))); err != nil {
+			t.Fatal(err)
+		}
+		rw.finish(complete)
+		var err error
+		if zr, zerr := gzip.NewReader(rec.Body); zerr != nil {
+			err = zerr
+		} else {
+			_, err = io.ReadAll(zr)
+		}
+		if (err == nil) != complete {
+			t.Errorf("complete %v: reading the gzip stream gave %v", complete, err)
+		}
+	}
 }

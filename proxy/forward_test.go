@@ -1,15 +1,11 @@
 package proxy_test
 
 import (
-	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -70,52 +66,5 @@ func TestOpaqueRequestTargetRefused(t *testing.T) {
 	}
 	if n := hits.Load(); n != 0 {
 		t.Fatalf("upstream got %d requests", n)
-	}
-}
-
-// An answer the gateway compresses and the upstream cuts must not end as a
-// well-formed gzip stream: to an HTTP/1.0 client, whose answer ends when
-// the connection closes, the gzip trailer would be the only sign of
-// completeness.
-func TestCutCompressedAnswerHasNoGzipTrailer(t *testing.T) {
-	// Incompressible, so that what the gateway compresses before the cut
-	// leaves its buffers and the answer's head reaches the client.
-	rnd := rand.New(rand.NewPCG(1, 2))
-	page := make([]byte, 512<<10)
-	for i := range page {
-		page[i] = 'a' + byte(rnd.IntN(26))
-	}
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html")
-		w.Header().Set("Content-Length", fmt.Sprint(len(page)))
-		w.Write(page[:len(page)/2])
-		w.(http.Flusher).Flush()
-		conn, _, err := http.NewResponseController(w).Hijack()
-		if err == nil {
-			conn.Close()
-		}
-	}))
-	defer up.Close()
-	g := newGW(t, []string{up.URL}, func(c *config.Config) { c.Health.Active.Enabled = ptr(false) })
-	c, br := rawConn(t, g)
-	fmt.Fprint(c, "GET /page.html HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.Header.Get("Content-Encoding") != "gzip" {
-		t.Fatalf("answer not compressed (Content-Encoding %q): the test needs it", resp.Header.Get("Content-Encoding"))
-	}
-	raw, _ := io.ReadAll(resp.Body)
-	zr, err := gzip.NewReader(bytes.NewReader(raw))
-	if err != nil {
-		return // not even a gzip header: cut, visibly
-	}
-	plain, err := io.ReadAll(zr)
-	if err == nil {
-		t.Fatalf("a cut answer (%d of %d bytes) reached the client as a complete gzip stream", len(plain), len(page))
-	}
-	if !strings.HasPrefix(string(page), string(plain)) {
-		t.Fatalf("what arrived is not a prefix of the page")
 	}
 }
