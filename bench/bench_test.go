@@ -732,3 +732,21 @@ func TestPruneAccessLogs(t *testing.T) {
 		}
 	}
 }
+
+// flowgate-base is an opt-in A/B target: measured where flowgate is, never
+// by default, and it names the flag it needs rather than starting the
+// wrong binary.
+func TestBaseTarget(t *testing.T) {
+	if slices.Contains(allTargets, baseTarget) || !slices.Contains(knownTargets, baseTarget) || targetLabel[baseTarget] == "" {
+		t.Error("flowgate-base: known, labelled, not in the default targets")
+	}
+	for _, sc := range []string{"json", "rate", "stream", "memory"} {
+		if measuredIn(baseTarget, sc) != measuredIn("flowgate", sc) {
+			t.Errorf("%s: flowgate-base measured %v, flowgate %v", sc, measuredIn(baseTarget, sc), measuredIn("flowgate", sc))
+		}
+	}
+	e := &env{dir: t.TempDir(), flowgate: "/bin/false"}
+	if _, err := e.startTarget(baseTarget, ""); err == nil || !strings.Contains(err.Error(), "-base") {
+		t.Errorf("flowgate-base without -base: %v, want an error naming -base", err)
+	}
+}
